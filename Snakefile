@@ -1,0 +1,27 @@
+# hmsa — the paper's DAG (Tao et al. 2020). This file only wires; the rules are in workflows/rules/,
+# every compute rule calls `hmsa submit`, and the logic lives in the hmsa package.
+#   snakemake --profile workflows/profiles/default                      # embedded default, CPU
+#   snakemake --profile workflows/profiles/slurm --configfile configs/pipeline/paper.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "configs/pipeline/embedded.yaml"
+
+
+validate(config, "workflows/schemas/pipeline.schema.yaml")
+
+
+include: "workflows/rules/common.smk"
+include: "workflows/rules/data.smk"
+include: "workflows/rules/train.smk"
+include: "workflows/rules/autolabel.smk"
+include: "workflows/rules/evaluate.smk"
+include: "workflows/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        report_outputs(),

@@ -1,0 +1,5 @@
+import sys
+
+from hmsa.cli import main
+
+sys.exit(main())

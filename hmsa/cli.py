@@ -1,0 +1,191 @@
+"""``hmsa`` — the one entry point. Snakemake rules (and DVC) call only this.
+
+Every path comes in as an argument; bad input ends with one line naming the file or key (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hmsa.config import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="experiment YAML (deltas over hmsa/config.py defaults)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.iterations=20")
+
+
+def _cmd_data(a: argparse.Namespace) -> int:
+    from hmsa.io import atomic_write_json
+
+    if a.data_cmd == "synth":
+        from hmsa.data.synth import generate
+
+        summary = generate(a.out, seed=a.seed, force=a.force)
+        print(f"embedded dataset in {a.out}: {summary.get('counts', summary)}")
+        return 0
+    from hmsa.data.verify import verify
+
+    counts = verify(a.dataset, a.root, expected=None if not a.real_counts else _real_counts(a.dataset))
+    print(f"{a.dataset} at {a.root}: {counts}")
+    if a.data_cmd == "prepare" and a.out is not None:
+        atomic_write_json(a.out, {"dataset": a.dataset, "root": str(a.root.resolve()), "counts": counts})
+    return 0
+
+
+def _real_counts(dataset: str) -> dict:
+    from hmsa.data.verify import REAL_COUNTS
+
+    return REAL_COUNTS[dataset]
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from hmsa import config
+    from hmsa.training.loop import run_training
+
+    cfg = config.load(a.config, a.overrides)
+    result = run_training(cfg, a.run_dir, a.out_model, a.out_metrics, resume=not a.no_resume)
+    print(f"trained {result['iterations']} iterations in {result['train_seconds']} s "
+          f"(resumed from {result['resumed_from']})")
+    return 0
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from hmsa import config
+    from hmsa.evaluation.evaluate import Setting, parse_setting, run_evaluation
+
+    cfg = config.load(a.config, a.overrides)
+    settings = [parse_setting(s) for s in a.setting] or [
+        Setting(cfg.eval.method, tuple(sorted(cfg.eval.scales)), cfg.eval.flip)]
+    metrics = run_evaluation(cfg.data.dataset, Path(cfg.data.root), cfg.eval.split, a.model, settings,
+                             a.out_dir, cfg.eval.max_images, cfg.eval.save_maps)
+    for name, r in metrics["settings"].items():
+        print(f"{name}: mIoU {100 * r['miou']:.2f} on {metrics['images']} images")
+    return 0
+
+
+def _cmd_autolabel(a: argparse.Namespace) -> int:
+    from hmsa import config
+    from hmsa.autolabel import run_autolabel
+
+    cfg = config.load(a.config, a.overrides)
+    al = cfg.autolabel
+    m = run_autolabel(Path(cfg.data.root), al.split, a.model, a.out_dir, a.manifest, al.threshold,
+                      al.method, sorted(al.scales), al.flip, cfg.data.max_images)
+    if m:
+        print(f"auto-labelled {m['images']} images, {100 * m['labelled_fraction_mean']:.1f}% of pixels labelled")
+    return 0
+
+
+def _cmd_submit(a: argparse.Namespace) -> int:
+    from hmsa.launch import submit
+
+    argv = list(a.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise ConfigError("submit: give the hmsa command to run after '--'")
+    tags = dict(t.split("=", 1) for t in a.tag)
+    return submit(a.stage, a.kind, a.run_dir, a.cluster, argv, tags)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from hmsa.report import build_report
+
+    paths = build_report(a.pipeline_config, a.results, a.out)
+    print(f"report written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _cmd_track(a: argparse.Namespace) -> int:
+    from hmsa import tracking
+
+    if os.environ.get("HMSA_TRACKING", "1") == "0":
+        return 0
+    exp_id = tracking.ensure_experiment(a.experiment)
+    run_id = tracking.get_or_create_parent(a.invocation, exp_id, {})
+    tracking.finish_run(run_id, a.status)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hmsa", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("data", help="generate, verify or prepare a dataset")
+    dsub = d.add_subparsers(dest="data_cmd", required=True)
+    s = dsub.add_parser("synth", help="generate the embedded dataset in the real on-disk formats")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="regenerate even if complete")
+    for name in ("verify", "prepare"):
+        v = dsub.add_parser(name, help=f"{name} a dataset root (layout, counts, labels)")
+        v.add_argument("--dataset", choices=("cityscapes", "mapillary"), required=True)
+        v.add_argument("--root", type=Path, required=True)
+        v.add_argument("--real-counts", action="store_true", help="require the official image counts")
+        v.add_argument("--out", type=Path, default=None, help="(prepare) manifest JSON to write")
+    d.set_defaults(func=_cmd_data)
+
+    t = sub.add_parser("train", help="train (resumes from --run-dir by default)")
+    _add_config_args(t)
+    t.add_argument("--run-dir", type=Path, required=True)
+    t.add_argument("--out-model", type=Path, default=None)
+    t.add_argument("--out-metrics", type=Path, default=None)
+    t.add_argument("--no-resume", action="store_true", help="set the run dir's checkpoints aside, start over")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="mIoU / per-class IoU at any scales and fusion method")
+    _add_config_args(e)
+    e.add_argument("--model", type=Path, required=True, help="a model file written by 'hmsa train'")
+    e.add_argument("--out-dir", type=Path, required=True)
+    e.add_argument("--setting", action="append", default=[], help="METHOD:SCALES[:flip], repeatable")
+    e.set_defaults(func=_cmd_evaluate)
+
+    al = sub.add_parser("autolabel", help="hard-threshold auto-labels of the coarse images (section 4)")
+    _add_config_args(al)
+    al.add_argument("--model", type=Path, required=True)
+    al.add_argument("--out-dir", type=Path, required=True)
+    al.add_argument("--manifest", type=Path, required=True)
+    al.set_defaults(func=_cmd_autolabel)
+
+    sb = sub.add_parser("submit", help="run an hmsa command as a stage through submitit and wait")
+    sb.add_argument("--stage", required=True)
+    sb.add_argument("--kind", default="train", help="resource class in the cluster file (train, evaluate...)")
+    sb.add_argument("--run-dir", type=Path, required=True)
+    sb.add_argument("--cluster", type=Path, required=True, help="configs/cluster/*.yaml")
+    sb.add_argument("--tag", action="append", default=[], help="MLflow tag KEY=VALUE for the stage run")
+    sb.add_argument("argv", nargs=argparse.REMAINDER)
+    sb.set_defaults(func=_cmd_submit)
+
+    r = sub.add_parser("report", help="Tables 1-4 beside the paper's numbers")
+    r.add_argument("--pipeline-config", type=Path, required=True)
+    r.add_argument("--results", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.set_defaults(func=_cmd_report)
+
+    tr = sub.add_parser("track", help="close the MLflow parent run of a pipeline invocation")
+    tr.add_argument("--invocation", required=True)
+    tr.add_argument("--experiment", required=True)
+    tr.add_argument("--status", default="FINISHED", choices=("FINISHED", "FAILED", "KILLED"))
+    tr.set_defaults(func=_cmd_track)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("HMSA_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"hmsa {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

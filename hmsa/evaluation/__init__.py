@@ -1,0 +1,1 @@
+"""Evaluation: confusion matrices, mIoU, per-class IoU, multi-scale inference settings."""

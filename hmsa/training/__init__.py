@@ -1,0 +1,1 @@
+"""Training engine: loop, losses, optimiser schedule, checkpoints, distributed set-up."""

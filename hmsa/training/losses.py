@@ -1,0 +1,33 @@
+"""Loss terms of section 5.1 computed outside the model: main loss on the fused output, auxiliary
+cross-entropy (weight 0.4) and optional per-scale supervision (paper: weight 0.05)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+
+
+def main_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    raise ValueError(f"train.loss: unknown loss {kind!r}")
+
+
+def total_loss(out: dict, target: torch.Tensor, kind: str, aux_weight: float,
+               scale_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """``out`` is what ``hmsa.models.multiscale.forward_train`` returns (all at input resolution)."""
+    loss = main_loss(kind, out["fused"], target)
+    terms = {"loss/main": float(loss.detach())}
+    if out.get("aux") is not None and aux_weight > 0:
+        aux = F.cross_entropy(out["aux"], target, ignore_index=IGNORE_INDEX)
+        loss = loss + aux_weight * aux
+        terms["loss/aux"] = float(aux.detach())
+    if scale_weight > 0 and len(out.get("per_scale") or {}) > 1:
+        for scale, logits in out["per_scale"].items():
+            term = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+            loss = loss + scale_weight * term
+            terms[f"loss/scale_{scale:g}"] = float(term.detach())
+    terms["loss/total"] = float(loss.detach())
+    return loss, terms

@@ -1,0 +1,26 @@
+# Auto-labelling (section 4): the teacher's hard-thresholded labels for the coarse images.
+
+for _name, _st in config.get("autolabel", {}).items():
+
+    rule:
+        name:
+            _name
+        input:
+            prepared=prepared("cityscapes"),
+            experiment=experiment(_st["experiment"]),
+            teacher=model_file(_st["teacher"]),
+        output:
+            manifest=autolabel_manifest(_name),
+        params:
+            stage=_name,
+            run_dir=f"{RUNS}/{_name}",
+            labels=autolabel_dir(_name),
+            cluster=CLUSTER,
+            overrides=["data.dataset=cityscapes", f"data.root={dataset_root('cityscapes')}"],
+        log:
+            f"logs/{_name}.log",
+        shell:
+            "hmsa submit --stage {params.stage:q} --kind autolabel --run-dir {params.run_dir:q} "
+            "--cluster {params.cluster:q} -- autolabel --config {input.experiment:q} "
+            "--model {input.teacher:q} --out-dir {params.labels:q} --manifest {output.manifest:q} "
+            "{params.overrides:q} > {log:q} 2>&1"

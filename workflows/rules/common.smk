@@ -1,0 +1,77 @@
+# Shared wiring: paths derived from the pipeline config, and the environment every stage inherits.
+import os
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(workflow.basedir)
+RESULTS = config["results"]
+RUNS = config["runs"]
+REPORTS = config["reports"]
+CLUSTER = str(ROOT / config["cluster"])
+
+# Shell commands find the `hmsa` script of the interpreter running Snakemake (the project's venv).
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+# One id per invocation: the first stage submitted creates the MLflow parent run under it.
+os.environ.setdefault("HMSA_INVOCATION_ID", uuid.uuid4().hex)
+os.environ.setdefault("HMSA_MLFLOW_EXPERIMENT", config["tracking"]["experiment"])
+_uri = config["tracking"]["uri"]
+if _uri.startswith("sqlite:///") and not _uri.startswith("sqlite:////"):
+    # Jobs may run in other directories (submitit, SLURM): pin the database to an absolute path.
+    _uri = "sqlite:///" + str(Path(_uri[len("sqlite:///"):]).resolve())
+os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
+
+
+def experiment(path):
+    return str(ROOT / path)
+
+
+def dataset_root(dataset):
+    return config["data"][dataset]
+
+
+def prepared(dataset):
+    return f"{RESULTS}/prepare_{dataset}/manifest.json"
+
+
+def model_file(stage):
+    return f"{RESULTS}/{stage}/model.pt"
+
+
+def autolabel_manifest(stage):
+    return f"{RESULTS}/{stage}/manifest.json"
+
+
+def autolabel_dir(stage):
+    # Outside the declared outputs on purpose: Snakemake deletes the outputs of an interrupted job,
+    # and finished labels must survive so that auto-labelling resumes where it stopped.
+    return f"{RUNS}/{stage}/labels"
+
+
+def eval_tags(name):
+    """MLflow tags naming the paper table rows an evaluation fills."""
+    rows = []
+    for table, spec in config.get("tables", {}).items():
+        for i, row in enumerate(spec if isinstance(spec, list) else [spec]):
+            if row["evaluation"] == name:
+                rows.append(f"{table}:{i}")
+    return [f"hmsa.paper_rows={','.join(rows)}"] if rows else []
+
+
+def report_outputs():
+    return [f"{REPORTS}/{t}.md" for t in ("table1", "table2", "table3", "table4")] + [
+        f"{REPORTS}/README.md"
+    ]
+
+
+onsuccess:
+    # Close the invocation's MLflow parent run if a stage opened one (nothing to do otherwise).
+    if Path(f".hmsa/invocations/{os.environ['HMSA_INVOCATION_ID']}").exists():
+        shell("hmsa track --invocation {os.environ[HMSA_INVOCATION_ID]:q} "
+              "--experiment {os.environ[HMSA_MLFLOW_EXPERIMENT]:q} --status FINISHED")
+
+
+onerror:
+    if Path(f".hmsa/invocations/{os.environ['HMSA_INVOCATION_ID']}").exists():
+        shell("hmsa track --invocation {os.environ[HMSA_INVOCATION_ID]:q} "
+              "--experiment {os.environ[HMSA_MLFLOW_EXPERIMENT]:q} --status FAILED")

@@ -1,0 +1,30 @@
+# Evaluations (Tables 1-4): one named rule per entry of `evaluate:`, each scoring one model with
+# one or more METHOD:SCALES[:flip] settings.
+
+for _name, _ev in config["evaluate"].items():
+
+    rule:
+        name:
+            _name
+        input:
+            prepared=prepared(_ev["dataset"]),
+            model=model_file(_ev["model"]),
+            experiment=experiment(_ev.get("experiment", config["train"][_ev["model"]]["experiment"])),
+        output:
+            metrics=f"{RESULTS}/{_name}/metrics.json",
+            per_class=f"{RESULTS}/{_name}/per_class.csv",
+        params:
+            stage=_name,
+            run_dir=f"{RUNS}/{_name}",
+            out_dir=f"{RESULTS}/{_name}",
+            cluster=CLUSTER,
+            settings=[a for s in _ev["settings"] for a in ("--setting", s)],
+            tags=[a for t in eval_tags(_name) for a in ("--tag", t)],
+            overrides=[f"data.dataset={_ev['dataset']}", f"data.root={dataset_root(_ev['dataset'])}"],
+        log:
+            f"logs/{_name}.log",
+        shell:
+            "hmsa submit --stage {params.stage:q} --kind evaluate --run-dir {params.run_dir:q} "
+            "--cluster {params.cluster:q} {params.tags:q} -- evaluate --config {input.experiment:q} "
+            "--model {input.model:q} --out-dir {params.out_dir:q} {params.settings:q} "
+            "{params.overrides:q} > {log:q} 2>&1"
