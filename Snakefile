@@ -2,12 +2,19 @@
 # every compute rule calls `hmsa submit`, and the logic lives in the hmsa package.
 #   snakemake --profile workflows/profiles/default                      # embedded default, CPU
 #   snakemake --profile workflows/profiles/slurm --configfile configs/pipeline/paper.yaml
+import os
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "configs/pipeline/embedded.yaml"
+# The embedded default only when no --configfile is given: Snakemake would otherwise merge the two
+# and run the union of their stages.
+if not workflow.configfiles:
+
+    configfile: os.path.join(workflow.basedir, "configs/pipeline/embedded.yaml")
+
 
 
 validate(config, "workflows/schemas/pipeline.schema.yaml")

@@ -25,7 +25,14 @@ def _cmd_data(a: argparse.Namespace) -> int:
     if a.data_cmd == "synth":
         from hmsa.data.synth import generate
 
-        summary = generate(a.out, seed=a.seed, force=a.force)
+        kw = {}
+        if a.cityscapes:
+            kw["cityscapes_counts"] = _counts(a.cityscapes, "--cityscapes")
+        if a.mapillary:
+            kw["mapillary_counts"] = _counts(a.mapillary, "--mapillary")
+        if a.size:
+            kw["size"] = tuple(int(v) for v in a.size.lower().split("x"))
+        summary = generate(a.out, seed=a.seed, force=a.force, **kw)
         print(f"embedded dataset in {a.out}: {summary.get('counts', summary)}")
         return 0
     from hmsa.data.verify import verify
@@ -35,6 +42,14 @@ def _cmd_data(a: argparse.Namespace) -> int:
     if a.data_cmd == "prepare" and a.out is not None:
         atomic_write_json(a.out, {"dataset": a.dataset, "root": str(a.root.resolve()), "counts": counts})
     return 0
+
+
+def _counts(text: str, flag: str) -> dict[str, int]:
+    """``train=4,val=2`` -> ``{"train": 4, "val": 2}``."""
+    try:
+        return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+    except ValueError as exc:
+        raise ValueError(f"{flag} {text!r}: expected SPLIT=COUNT[,SPLIT=COUNT...]") from exc
 
 
 def _real_counts(dataset: str) -> dict:
@@ -122,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if complete")
+    s.add_argument("--cityscapes", default="", help="image counts, e.g. train=24,val=8,train_extra=24")
+    s.add_argument("--mapillary", default="", help="image counts, e.g. training=24,validation=8")
+    s.add_argument("--size", default="", help="image size HxW, e.g. 128x256")
     for name in ("verify", "prepare"):
         v = dsub.add_parser(name, help=f"{name} a dataset root (layout, counts, labels)")
         v.add_argument("--dataset", choices=("cityscapes", "mapillary"), required=True)
@@ -178,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("HMSA_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stdout)
+    logging.getLogger("submitit").propagate = False  # submitit has its own handler: no duplicate lines
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

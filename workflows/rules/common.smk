@@ -59,7 +59,7 @@ def eval_tags(name):
 
 
 def report_outputs():
-    return [f"{REPORTS}/{t}.md" for t in ("table1", "table2", "table3", "table4")] + [
+    return [f"{REPORTS}/{t}.md" for t in config["tables"]] + [
         f"{REPORTS}/README.md"
     ]
 

@@ -8,10 +8,15 @@ if config["data"]["embedded"]:
         params:
             out=config["data"]["embedded_dir"],
             seed=config["data"]["seed"],
+            counts=[
+                a
+                for k, v in config["data"].get("synth", {}).items()
+                for a in (f"--{k}", ",".join(f"{s}={n}" for s, n in v.items()) if isinstance(v, dict) else v)
+            ],
         log:
             "logs/embedded_data.log",
         shell:
-            "hmsa data synth --out {params.out:q} --seed {params.seed:q} > {log:q} 2>&1"
+            "hmsa data synth --out {params.out:q} --seed {params.seed:q} {params.counts:q} > {log:q} 2>&1"
 
 
 for _ds in ("cityscapes", "mapillary"):

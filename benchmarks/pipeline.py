@@ -1,0 +1,60 @@
+"""Times the embedded pipeline: a full run from an empty working directory, then a second invocation
+with nothing changed (Snakemake must decide "nothing to be done"). Writes
+reports/benchmarks/pipeline.json.
+
+    .venv/bin/python benchmarks/pipeline.py [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def _run(workdir: Path, *extra: str) -> tuple[float, subprocess.CompletedProcess]:
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--profile", str(ROOT / "workflows/profiles/default"), *extra]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    return time.perf_counter() - t0, proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workdir", type=Path, default=None, help="empty dir to run in (default: a temp dir)")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/pipeline.json")
+    args = ap.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hmsa-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    full, proc = _run(workdir)
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
+        return 1
+    noop, proc2 = _run(workdir)
+    nothing = "Nothing to be done" in proc2.stdout + proc2.stderr
+    result = {
+        "full_run_seconds": round(full, 1), "full_run_target_seconds": 600,
+        "noop_run_seconds": round(noop, 2), "noop_run_target_seconds": 5, "noop_nothing_to_be_done": nothing,
+        "jobs": proc.stderr.count("Finished job") + proc.stdout.count("Finished job"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "workdir": str(workdir),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0 if nothing else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
