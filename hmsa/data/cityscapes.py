@@ -1,0 +1,84 @@
+"""Cityscapes in its official layout (section 5.1): ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``
+with ``gtFine`` (train/val/test) or ``gtCoarse`` (train_extra) ``*_labelIds.png``; labelIds are mapped
+to the 19 trainIds with the official table (255 = ignore). Auto-labels (section 4), written by
+``hmsa autolabel``, follow the gtCoarse layout under their own root and already hold trainIds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from hmsa.data.labels import CITYSCAPES_CLASSES, IGNORE, cityscapes_label_to_train_lut
+from hmsa.data.transforms import Transform, eval_transform
+
+SPLITS = ("train", "val", "test", "train_extra")
+LABELS = ("fine", "coarse", "autolabel", "none")
+_SUFFIX = "_leftImg8bit.png"
+
+
+def cityscapes_stem(path: Path) -> str:
+    """``.../aachen/aachen_000000_000019_leftImg8bit.png`` -> ``aachen/aachen_000000_000019``."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name[: -len(_SUFFIX)]}"
+
+
+def label_file(root: Path, split: str, name: str, labels: str, label_root: Path | None = None) -> Path | None:
+    if labels == "fine":
+        return Path(root) / "gtFine" / split / f"{name}_gtFine_labelIds.png"
+    if labels == "coarse":
+        return Path(root) / "gtCoarse" / split / f"{name}_gtCoarse_labelIds.png"
+    if labels == "autolabel":
+        return Path(label_root or "") / split / f"{name}_gtCoarse_labelIds.png"
+    return None
+
+
+class CityscapesDataset(Dataset):
+    num_classes = 19
+    ignore_index = IGNORE
+    class_names = CITYSCAPES_CLASSES
+
+    def __init__(self, root: Path, split: str, labels: str = "fine", label_root: Path | None = None,
+                 transform: Transform | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"cityscapes split must be one of {SPLITS}, got {split!r}")
+        if labels not in LABELS:
+            raise ValueError(f"cityscapes labels must be one of {LABELS}, got {labels!r}")
+        if labels == "autolabel" and label_root is None:
+            raise ValueError("cityscapes: labels='autolabel' needs label_root")
+        self.root, self.split, self.labels = Path(root), split, labels
+        self.transform = transform or eval_transform()
+        self.lut = cityscapes_label_to_train_lut()
+        img_dir = self.root / "leftImg8bit" / split
+        if not img_dir.is_dir():
+            raise FileNotFoundError(f"{img_dir}: Cityscapes image folder not found")
+        images = sorted(img_dir.glob(f"*/*{_SUFFIX}"))
+        if not images:
+            raise FileNotFoundError(f"{img_dir}: no *{_SUFFIX} images")
+        self.items: list[tuple[Path, Path | None, str]] = []
+        missing = []
+        for img in images:
+            name = cityscapes_stem(img)
+            lab = label_file(self.root, split, name, labels, label_root)
+            if lab is not None and not lab.is_file():
+                missing.append(lab)
+            self.items.append((img, lab, name))
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: label missing ({len(missing)} of {len(images)} "
+                                    f"{split} images have no {labels} label)")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        img_path, lab_path, name = self.items[i]
+        image = Image.open(img_path)
+        if lab_path is None:
+            label = np.full((image.height, image.width), IGNORE, np.uint8)
+        else:
+            raw = np.asarray(Image.open(lab_path))
+            label = raw if self.labels == "autolabel" else self.lut[raw]
+        img, lab = self.transform(image, label)
+        return {"image": img, "label": lab, "name": name}

@@ -1,0 +1,49 @@
+"""Mapillary Vistas v1.2 (section 5.1): ``config.json`` (66 labels), ``<split>/images/*.jpg`` and
+``<split>/v1.2/labels/*.png`` (uint8 class index). The 65 evaluated classes keep their index; label 65
+(``void--unlabeled``) becomes 255 so one ignore index serves both datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from hmsa.data.labels import IGNORE, MAPILLARY_IGNORE, read_mapillary_config
+from hmsa.data.transforms import Transform, eval_transform
+
+SPLITS = ("training", "validation")
+
+
+class MapillaryDataset(Dataset):
+    num_classes = 65
+    ignore_index = IGNORE
+
+    def __init__(self, root: Path, split: str, transform: Transform | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"mapillary split must be one of {SPLITS}, got {split!r}")
+        self.root = Path(root)
+        labels = read_mapillary_config(self.root)
+        if len(labels) != 66:
+            raise ValueError(f"{self.root / 'config.json'}: expected the 66 labels of v1.2, found {len(labels)}")
+        self.class_names = [lab.get("readable", lab["name"]) for lab in labels[:MAPILLARY_IGNORE]]
+        self.transform = transform or eval_transform()
+        img_dir, lab_dir = self.root / split / "images", self.root / split / "v1.2" / "labels"
+        images = sorted(img_dir.glob("*.jpg")) if img_dir.is_dir() else []
+        if not images:
+            raise FileNotFoundError(f"{img_dir}: no Mapillary *.jpg images")
+        self.items = [(p, lab_dir / f"{p.stem}.png", p.stem) for p in images]
+        missing = [lab for _, lab, _ in self.items if not lab.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: label missing ({len(missing)} of {len(images)} {split} images)")
+        self.lut = np.arange(256, dtype=np.uint8)
+        self.lut[MAPILLARY_IGNORE] = IGNORE
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        img_path, lab_path, name = self.items[i]
+        img, lab = self.transform(Image.open(img_path), self.lut[np.asarray(Image.open(lab_path))])
+        return {"image": img, "label": lab, "name": name}

@@ -1,0 +1,153 @@
+"""Multi-scale fusion as plain functions (section 3).
+
+Hierarchical (eq. 1), for a lower scale r_lo and the next higher r_hi:
+    L = U(L_lo * α_lo) + (1 - U(α_lo)) * L_hi
+chained over any sorted scale set: lower scales take precedence, so the model trained on the pair
+{0.5, 1.0} predicts with {0.25, 0.5, 1.0, 2.0} without retraining. Explicit (Chen et al.): one
+attention logit per scale, softmax across scales. Avg / max pooling: mean / max of per-scale logits.
+All inputs are keyed by scale and live at their own scale's resolution; outputs are at scale 1.0's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+METHODS = ("single", "avgpool", "maxpool", "explicit", "hierarchical")
+TRAIN_PAIR = (0.5, 1.0)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _check(logits: dict[float, torch.Tensor], attn: dict[float, torch.Tensor] | None = None) -> list[float]:
+    if not logits:
+        raise ValueError("multi-scale fusion needs at least one scale")
+    if 1.0 not in logits:
+        raise ValueError(f"scale 1.0 must be among the scales, got {sorted(logits)}")
+    if attn is not None and set(attn) != set(logits):
+        raise ValueError(f"attention scales {sorted(attn)} do not match logit scales {sorted(logits)}")
+    return sorted(logits)
+
+
+def fuse_hierarchical(logits: dict[float, torch.Tensor], attn: dict[float, torch.Tensor]) -> torch.Tensor:
+    """Eq. 1 chained from the highest scale down; ``attn`` holds α = sigmoid(attention logit)."""
+    scales = _check(logits, attn)
+    pred = logits[scales[-1]]
+    for s in reversed(scales[:-1]):
+        lo, a = logits[s], attn[s]
+        if s >= 1.0:
+            pred = _resize(pred, lo.shape[-2:])
+            pred = a * lo + (1 - a) * pred
+        else:
+            # attention applied at the low scale, then upsampled (eq. 1)
+            size = pred.shape[-2:]
+            pred = _resize(a * lo, size) + (1 - _resize(a, size)) * pred
+    return pred
+
+
+def fuse_explicit(logits: dict[float, torch.Tensor], attn_logits: dict[float, torch.Tensor]) -> torch.Tensor:
+    scales = _check(logits, attn_logits)
+    size = logits[1.0].shape[-2:]
+    weights = torch.softmax(torch.stack([_resize(attn_logits[s], size) for s in scales]), dim=0)
+    return sum(w * _resize(logits[s], size) for w, s in zip(weights, scales, strict=True))
+
+
+def fuse_avg(logits: dict[float, torch.Tensor]) -> torch.Tensor:
+    scales = _check(logits)
+    size = logits[1.0].shape[-2:]
+    return torch.stack([_resize(logits[s], size) for s in scales]).mean(0)
+
+
+def fuse_max(logits: dict[float, torch.Tensor]) -> torch.Tensor:
+    scales = _check(logits)
+    size = logits[1.0].shape[-2:]
+    return torch.stack([_resize(logits[s], size) for s in scales]).amax(0)
+
+
+def _scaled(images: torch.Tensor, s: float) -> torch.Tensor:
+    if s == 1.0:
+        return images
+    h, w = images.shape[-2:]
+    return _resize(images, (max(1, round(h * s)), max(1, round(w * s))))
+
+
+def _per_scale(model: nn.Module, images: torch.Tensor, scales: list[float]) -> dict[float, dict]:
+    return {s: model(_scaled(images, s)) for s in scales}
+
+
+def _needs_attention(outs: dict[float, dict], method: str) -> None:
+    if method in ("hierarchical", "explicit") and any("attn_logit" not in o for o in outs.values()):
+        raise ValueError(f"method {method!r} needs a model built with attention=True")
+
+
+def _fuse(outs: dict[float, dict], method: str) -> torch.Tensor:
+    logits = {s: o["logits"] for s, o in outs.items()}
+    _needs_attention(outs, method)
+    if method == "hierarchical":
+        return fuse_hierarchical(logits, {s: torch.sigmoid(o["attn_logit"]) for s, o in outs.items()})
+    if method == "explicit":
+        return fuse_explicit(logits, {s: o["attn_logit"] for s, o in outs.items()})
+    if method == "maxpool":
+        return fuse_max(logits)
+    if method in ("avgpool", "single"):
+        return fuse_avg(logits)
+    raise ValueError(f"unknown fusion method {method!r} (known: {METHODS})")
+
+
+def _scales_for(method: str, scales: list[float]) -> list[float]:
+    if method not in METHODS:
+        raise ValueError(f"unknown fusion method {method!r} (known: {METHODS})")
+    return [1.0] if method == "single" else sorted(float(s) for s in scales)
+
+
+def predict_multiscale(model: nn.Module, images: torch.Tensor, scales: list[float], method: str,
+                       flip: bool = False) -> torch.Tensor:
+    """N×C×H×W logits at the input resolution; with ``flip`` the mirrored prediction is averaged in."""
+    scales = _scales_for(method, scales)
+    out = _resize(_fuse(_per_scale(model, images, scales), method), images.shape[-2:])
+    if flip:
+        mirrored = _fuse(_per_scale(model, images.flip(-1), scales), method)
+        out = (out + _resize(mirrored, images.shape[-2:]).flip(-1)) / 2
+    return out
+
+
+def predict_multiscale_with_maps(model: nn.Module, images: torch.Tensor, scales: list[float],
+                                 method: str) -> tuple[torch.Tensor, dict[float, dict[str, torch.Tensor]]]:
+    """Fused logits plus, per scale, its logits and attention (α, or the explicit softmax weight)
+    at the input resolution — the material of Figure 3."""
+    scales = _scales_for(method, scales)
+    outs = _per_scale(model, images, scales)
+    fused = _resize(_fuse(outs, method), images.shape[-2:])
+    size = images.shape[-2:]
+    maps: dict[float, dict[str, torch.Tensor]] = {s: {"logits": _resize(o["logits"], size)} for s, o in outs.items()}
+    if method == "hierarchical":
+        for s, o in outs.items():
+            maps[s]["attn"] = _resize(torch.sigmoid(o["attn_logit"]), size)
+    elif method == "explicit":
+        w = torch.softmax(torch.stack([_resize(outs[s]["attn_logit"], size) for s in scales]), dim=0)
+        for s, ws in zip(scales, w, strict=True):
+            maps[s]["attn"] = ws
+    return fused, maps
+
+
+def forward_train(model: nn.Module, images: torch.Tensor, method: str, scales: list[float]) -> dict:
+    """What the loss needs: fused logits, per-scale logits and the auxiliary logits, all N×C×H×W at
+    the input resolution. Hierarchical trains on the pair {0.5, 1.0} only (section 3)."""
+    if method in ("single", "avgpool"):
+        out = model(images)
+        return {"fused": out["logits"], "per_scale": {1.0: out["logits"]}, "aux": out.get("aux")}
+    if method == "hierarchical" and tuple(sorted(scales)) != TRAIN_PAIR:
+        raise ValueError(f"hierarchical training uses the scale pair {TRAIN_PAIR}, got {sorted(scales)}")
+    if method not in ("hierarchical", "explicit"):
+        raise ValueError(f"unknown training method {method!r}")
+    scales = sorted(float(s) for s in scales)
+    outs = _per_scale(model, images, scales)
+    size = images.shape[-2:]
+    return {"fused": _resize(_fuse(outs, method), size),
+            "per_scale": {s: _resize(o["logits"], size) for s, o in outs.items()},
+            "aux": _resize(outs[1.0]["aux"], size) if "aux" in outs[1.0] else None}
