@@ -207,6 +207,8 @@ def validate(cfg: Config, source: str = "config") -> None:
         raise ConfigError(f"{source}: 'data.extra_pool_probability' must be in [0, 1]")
     if len(cfg.data.crop) != 2 or min(cfg.data.crop) <= 0:
         raise ConfigError(f"{source}: 'data.crop' must be [height, width] > 0")
+    if cfg.train.method in ("hierarchical", "explicit") and not cfg.model.attention:
+        raise ConfigError(f"{source}: 'train.method' {cfg.train.method!r} needs 'model.attention: true'")
     if cfg.train.iterations <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError(f"{source}: 'train.iterations' and 'train.batch_size' must be > 0")
     for key, scales in (("train.scales", cfg.train.scales), ("eval.scales", cfg.eval.scales),

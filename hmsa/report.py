@@ -97,7 +97,8 @@ def _dataset_line(pipeline: dict) -> str:
 
 
 def _markdown(title: str, caption: str, df: pd.DataFrame, pipeline: dict, notes: list[str]) -> str:
-    body = df.to_markdown(index=False, floatfmt=".2f", missingval="—")
+    # NaN (a cell the paper has but we do not reproduce) prints as a dash, not "nan"
+    body = df.astype(object).where(df.notna(), None).to_markdown(index=False, floatfmt=".2f", missingval="—")
     lines = [f"# {title}", "", caption, "", _dataset_line(pipeline), f"Pipeline: `{pipeline['name']}`.", "",
              body, ""]
     lines += [f"- {n}" for n in notes]

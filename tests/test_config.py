@@ -20,7 +20,7 @@ def test_defaults_are_the_paper_values() -> None:
 def test_yaml_delta_extends_and_overrides(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text("train: {iterations: 7, lr: 0.5}\n")
     (tmp_path / "exp.yaml").write_text("extends: base.yaml\ntrain: {lr: 1}\ndata: {crop: [8, 16]}\n")
-    cfg = config.load(tmp_path / "exp.yaml", ["train.batch_size=3", "model.attention=false"])
+    cfg = config.load(tmp_path / "exp.yaml", ["train.batch_size=3", "model.attention=false", "train.method=single"])
     assert cfg.train.iterations == 7
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
     assert cfg.data.crop == [8, 16]
@@ -74,3 +74,8 @@ def test_yaml_top_level_must_be_mapping(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(config.ConfigError, match="mapping"):
         config.load(f)
+
+
+def test_attention_method_needs_attention_head() -> None:
+    with pytest.raises(config.ConfigError, match="model.attention"):
+        config.load(None, ["model.attention=false", "train.method=hierarchical"])

@@ -132,6 +132,9 @@ def _log_to_mlflow(metrics: dict, names: list[str], out_dir: Path) -> None:
         tracker.log_metrics({f"miou/{name}": r["miou"], f"pixel_accuracy/{name}": r["pixel_accuracy"]})
         tracker.log_table({"class": names, "iou": [r["per_class"][n] for n in names]},
                           artifact_file=f"per_class/{name}.json")
+    tracker.log_params({"eval.dataset": metrics["dataset"], "eval.split": metrics["split"],
+                        "eval.model": metrics["model"], "eval.images": metrics["images"],
+                        "eval.settings": ",".join(metrics["settings"])})
     tracker.set_tags({"hmsa.eval_images": str(metrics["images"])})
 
 

@@ -24,8 +24,9 @@ class ObjectAttention(nn.Module):
 
     def __init__(self, channels: int, key_channels: int) -> None:
         super().__init__()
-        self.query = nn.Sequential(*conv_bn_relu(channels, key_channels, 1), *conv_bn_relu(key_channels, key_channels, 1))
-        self.key = nn.Sequential(*conv_bn_relu(channels, key_channels, 1), *conv_bn_relu(key_channels, key_channels, 1))
+        ck = key_channels
+        self.query = nn.Sequential(*conv_bn_relu(channels, ck, 1), *conv_bn_relu(ck, ck, 1))
+        self.key = nn.Sequential(*conv_bn_relu(channels, ck, 1), *conv_bn_relu(ck, ck, 1))
         self.value = nn.Sequential(*conv_bn_relu(channels, key_channels, 1))
         self.up = nn.Sequential(*conv_bn_relu(key_channels, channels, 1))
         self.scale = key_channels ** -0.5

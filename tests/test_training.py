@@ -1,0 +1,115 @@
+"""The training loop on the tiny config: it trains, checkpoints atomically, resumes bit-exactly after
+an interruption, sets a stale run dir aside, and the evaluation counts every image once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmsa import config
+from hmsa.training import checkpoint, loop
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs/experiments/tiny.yaml"
+
+
+def _cfg(data: Path, *extra: str) -> config.Config:
+    return config.load(TINY, [f"data.root={data / 'cityscapes'}", *extra])
+
+
+def test_train_writes_model_metrics_and_resolved_config(embedded_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = loop.run_training(_cfg(embedded_data), run, tmp_path / "model.pt", tmp_path / "train.json")
+    assert result["iterations"] == 4
+    weights, meta = checkpoint.load_model_file(tmp_path / "model.pt")
+    assert meta["num_classes"] == 19 and meta["attention"] is True
+    assert json.loads((tmp_path / "train.json").read_text())["iterations"] == 4
+    assert config.load(run / "config.yaml") == _cfg(embedded_data)
+    state = torch.load(checkpoint.last_path(run), weights_only=True)
+    assert state["iteration"] == 4 and "optimizer" in state
+
+
+def test_resume_after_interruption_is_bit_exact(embedded_data: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(embedded_data)
+    loop.run_training(cfg, tmp_path / "straight", tmp_path / "straight.pt")
+    calls = {"n": 0}
+    real = loop.total_loss
+
+    def dies_at_iteration_3(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the checkpoint of iteration 2 (checkpoint_every: 2)
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "total_loss", dies_at_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_training(cfg, tmp_path / "killed", tmp_path / "killed.pt")
+    assert not (tmp_path / "killed.pt").exists()  # nothing that looks complete
+    monkeypatch.setattr(loop, "total_loss", real)
+    result = loop.run_training(cfg, tmp_path / "killed", tmp_path / "killed.pt")
+    assert result["resumed_from"] == 2
+    a, _ = checkpoint.load_model_file(tmp_path / "straight.pt")
+    b, _ = checkpoint.load_model_file(tmp_path / "killed.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_changed_config_sets_the_old_run_aside(embedded_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    loop.run_training(_cfg(embedded_data), run)
+    result = loop.run_training(_cfg(embedded_data, "train.lr=0.02"), run)
+    assert result["resumed_from"] == 0
+    assert list(run.glob("checkpoints.stale-*"))
+
+
+def test_init_from_another_model_transfers_matching_tensors() -> None:
+    from hmsa.models import build_model
+
+    source = build_model("hrnet_ocr_tiny", 65, attention=False)  # like the Mapillary pre-training
+    target = build_model("hrnet_ocr_tiny", 19, attention=True)
+    skipped = checkpoint.load_matching(target, source.state_dict())
+    assert any(k.startswith("attn_head.") for k in skipped)  # absent in the source
+    assert "seg_head.6.weight" in skipped  # 65 vs 19 classes
+    assert not any(k.startswith("trunk.") for k in skipped)
+    assert torch.equal(target.trunk.body.conv1.weight, source.trunk.body.conv1.weight)
+
+
+def test_evaluation_counts_every_image_once(embedded_data: Path, tmp_path: Path) -> None:
+    from hmsa.evaluation.evaluate import parse_setting, run_evaluation
+
+    loop.run_training(_cfg(embedded_data), tmp_path / "run", tmp_path / "m.pt")
+    settings = [parse_setting("hierarchical:0.25,0.5,1,2:flip"), parse_setting("maxpool:0.5,1")]
+    m = run_evaluation("cityscapes", embedded_data / "cityscapes", "val", tmp_path / "m.pt", settings,
+                       tmp_path / "eval", save_maps=1)
+    assert m["images"] == 2
+    for s in m["settings"].values():
+        assert s["pixels"] > 0 and 0.0 <= s["miou"] <= 1.0
+    assert (tmp_path / "eval/per_class.csv").read_text().startswith("class,hierarchical_0.25-0.5-1-2_flip")
+    assert list((tmp_path / "eval/maps").glob("*.png"))
+
+
+def test_autolabel_threshold_and_resume(embedded_data: Path, tmp_path: Path) -> None:
+    from hmsa.autolabel import hard_labels, run_autolabel
+
+    logits = torch.tensor([[[5.0, 0.0]], [[0.0, 0.1]]])  # 2 classes, 1x2 pixels
+    assert hard_labels(logits, 0.9).tolist() == [[0, 255]]
+    with pytest.raises(ValueError, match="threshold"):
+        hard_labels(logits, 1.5)
+    loop.run_training(_cfg(embedded_data), tmp_path / "run", tmp_path / "m.pt")
+    kw = dict(root=embedded_data / "cityscapes", split="train_extra", model_path=tmp_path / "m.pt",
+              out_dir=tmp_path / "labels", manifest_path=tmp_path / "manifest.json", threshold=0.0,
+              method="hierarchical", scales=[0.5, 1.0], flip=False)
+    first = run_autolabel(**kw)
+    assert first["images"] == 3 and first["labelled_fraction_mean"] == 1.0  # threshold 0 labels all
+    pngs = sorted((tmp_path / "labels/train_extra").rglob("*_gtCoarse_labelIds.png"))
+    assert len(pngs) == 3
+    ds_kw = {"labels": "autolabel", "label_root": tmp_path / "labels"}
+    from hmsa.data import build_dataset
+
+    assert len(build_dataset("cityscapes", embedded_data / "cityscapes", "train_extra", **ds_kw)) == 3
+    stamp = pngs[0].stat().st_mtime_ns
+    run_autolabel(**kw)  # resumable: finished images are not redone
+    assert pngs[0].stat().st_mtime_ns == stamp
