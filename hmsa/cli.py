@@ -108,6 +108,14 @@ def _cmd_submit(a: argparse.Namespace) -> int:
     return submit(a.stage, a.kind, a.run_dir, a.cluster, argv, tags)
 
 
+def _cmd_score(a: argparse.Namespace) -> int:
+    from hmsa.evaluation.score import score
+
+    result = score(a.dataset, a.gt, a.pred, a.out)
+    print(f"{a.dataset}: mIoU {100 * result['miou']:.2f} over {result['images']} images -> {a.out}")
+    return 0
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from hmsa.report import build_report
 
@@ -178,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--tag", action="append", default=[], help="MLflow tag KEY=VALUE for the stage run")
     sb.add_argument("argv", nargs=argparse.REMAINDER)
     sb.set_defaults(func=_cmd_submit)
+
+    sc = sub.add_parser("score", help="score prediction PNGs like the official benchmark")
+    sc.add_argument("--dataset", choices=("cityscapes", "mapillary"), required=True)
+    sc.add_argument("--gt", type=Path, required=True, help="ground truth (e.g. gtFine/val)")
+    sc.add_argument("--pred", type=Path, required=True, help="predictions (Cityscapes: labelIds PNGs)")
+    sc.add_argument("--out", type=Path, required=True, help="JSON with miou and per_class")
+    sc.set_defaults(func=_cmd_score)
 
     r = sub.add_parser("report", help="Tables 1-4 beside the paper's numbers")
     r.add_argument("--pipeline-config", type=Path, required=True)

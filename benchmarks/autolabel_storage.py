@@ -1,0 +1,45 @@
+"""P3 (issue 5): bytes per image of the hard auto-labels as stored (uint8 PNG) / soft float32 labels
+(19 × H × W × 4 bytes), measured on the labels an `autolabel` stage wrote (section 4: soft labels
+for 20,000 Cityscapes images would take 3.2 TB). Writes reports/benchmarks/autolabel_storage.json.
+
+    .venv/bin/python benchmarks/autolabel_storage.py [--labels runs/autolabel/labels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--labels", type=Path, default=ROOT / "runs/autolabel/labels")
+    ap.add_argument("--classes", type=int, default=19)
+    ap.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/autolabel_storage.json")
+    args = ap.parse_args()
+    files = sorted(args.labels.rglob("*_gtCoarse_labelIds.png"))
+    if not files:
+        print(f"{args.labels}: no auto-labels (run `make reproduce` first)", file=sys.stderr)
+        return 2
+    stored = sum(f.stat().st_size for f in files)
+    soft = 0
+    for f in files:
+        w, h = Image.open(f).size
+        soft += args.classes * h * w * 4
+    result = {"images": len(files), "image_size": [h, w], "hard_bytes_per_image": stored / len(files),
+              "soft_float32_bytes_per_image": soft / len(files), "ratio": soft / stored, "target_ratio": 500,
+              "labels": str(args.labels)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
