@@ -110,3 +110,4 @@ def _log(manifest: dict, names: list[str]) -> None:
                          "images": manifest["images"]})
     tracker.log_table({"class": names, "pixels": [manifest["per_class_pixels"][n] for n in names]},
                       artifact_file="autolabel/per_class_pixels.json")
+    tracker.close()

@@ -39,6 +39,11 @@ class DataConfig:
     extra_pool: str = "none"
     extra_pool_root: str = ""  # folder of auto-labels (extra_pool: autolabel)
     extra_pool_probability: float = 0.5  # chance that a sample is drawn from the extra pool
+    # Class-uniform sampling (section 5.1): share of samples drawn class-uniformly, centroid tile size,
+    # and where the centroid cache lives ("" = <run dir>/../centroids).
+    class_uniform_fraction: float = 0.5
+    class_uniform_tile: int = 1024
+    centroid_cache: str = ""
     crop: list[int] = field(default_factory=lambda: [64, 128])  # H, W
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
@@ -69,7 +74,7 @@ class TrainConfig:
     weight_decay: float = 5.0e-4
     poly_power: float = 1.0
     warmup_iterations: int = 0
-    loss: str = "cross_entropy"  # RMI arrives with the training-engine issue
+    loss: str = "cross_entropy"  # cross_entropy | rmi (the paper's main loss, hmsa/training/rmi.py)
     aux_weight: float = 0.4
     scale_supervision_weight: float = 0.0  # per-scale supervision (paper: 0.05)
     checkpoint_every: int = 50
@@ -109,7 +114,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("cityscapes", "mapillary"),
     "data.extra_pool": ("none", "coarse", "autolabel"),
     "train.method": ("single", "avgpool", "explicit", "hierarchical"),
-    "train.loss": ("cross_entropy",),
+    "train.loss": ("cross_entropy", "rmi"),
     "eval.method": ("single", "avgpool", "maxpool", "explicit", "hierarchical"),
     "autolabel.method": ("single", "avgpool", "maxpool", "explicit", "hierarchical"),
 }
@@ -203,6 +208,8 @@ def validate(cfg: Config, source: str = "config") -> None:
             raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {flat[section][name]!r}")
     if not 0.0 <= cfg.autolabel.threshold <= 1.0:
         raise ConfigError(f"{source}: 'autolabel.threshold' must be in [0, 1], got {cfg.autolabel.threshold}")
+    if not 0.0 <= cfg.data.class_uniform_fraction <= 1.0 or cfg.data.class_uniform_tile <= 0:
+        raise ConfigError(f"{source}: 'data.class_uniform_fraction' must be in [0, 1], 'data.class_uniform_tile' > 0")
     if not 0.0 <= cfg.data.extra_pool_probability <= 1.0:
         raise ConfigError(f"{source}: 'data.extra_pool_probability' must be in [0, 1]")
     if len(cfg.data.crop) != 2 or min(cfg.data.crop) <= 0:

@@ -103,6 +103,9 @@ class StageTracker:
     def __init__(self, run_id: str | None = None, enabled: bool = True) -> None:
         self.enabled = enabled and is_rank_zero()
         self.run_id = run_id
+        # A run this object created (a standalone `hmsa train`) is also ended by it; a stage run
+        # belongs to `hmsa submit`, which ends it when the job is done.
+        self.owned = run_id is None
         self._client: Any = None
         if not self.enabled:
             return
@@ -156,3 +159,8 @@ class StageTracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self._client.set_terminated(self.run_id, status=status)
+
+    def close(self) -> None:
+        """End the run if this tracker created it."""
+        if self.owned:
+            self.finish()

@@ -30,6 +30,12 @@ def test_train_writes_model_metrics_and_resolved_config(embedded_data: Path, tmp
     assert config.load(run / "config.yaml") == _cfg(embedded_data)
     state = torch.load(checkpoint.last_path(run), weights_only=True)
     assert state["iteration"] == 4 and "optimizer" in state
+    from mlflow.tracking import MlflowClient  # a standalone run is tracked and ended
+
+    client = MlflowClient()
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("hmsa").experiment_id])
+    assert mlrun.info.status == "FINISHED" and mlrun.data.params["train.iterations"] == "4"
+    assert "loss/total" in mlrun.data.metrics
 
 
 def test_resume_after_interruption_is_bit_exact(embedded_data: Path, tmp_path: Path,
@@ -113,3 +119,10 @@ def test_autolabel_threshold_and_resume(embedded_data: Path, tmp_path: Path) -> 
     stamp = pngs[0].stat().st_mtime_ns
     run_autolabel(**kw)  # resumable: finished images are not redone
     assert pngs[0].stat().st_mtime_ns == stamp
+
+
+def test_training_with_rmi_loss(embedded_data: Path, tmp_path: Path) -> None:
+    result = loop.run_training(_cfg(embedded_data, "train.loss=rmi", "train.iterations=2"), tmp_path / "r")
+    assert result["iterations"] == 2
+    state = torch.load(checkpoint.last_path(tmp_path / "r"), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -50,7 +50,8 @@ class CityscapesDataset(Dataset):
             raise ValueError("cityscapes: labels='autolabel' needs label_root")
         self.root, self.split, self.labels = Path(root), split, labels
         self.transform = transform or eval_transform()
-        self.lut = cityscapes_label_to_train_lut()
+        # auto-labels already hold trainIds: an identity table keeps one code path
+        self.lut = np.arange(256, dtype=np.uint8) if labels == "autolabel" else cityscapes_label_to_train_lut()
         img_dir = self.root / "leftImg8bit" / split
         if not img_dir.is_dir():
             raise FileNotFoundError(f"{img_dir}: Cityscapes image folder not found")
@@ -72,13 +73,14 @@ class CityscapesDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        img_path, lab_path, name = self.items[i]
+    def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        """The image and its trainId label (all 255 without labels), before any transform."""
+        img_path, lab_path, _ = self.items[i]
         image = Image.open(img_path)
         if lab_path is None:
-            label = np.full((image.height, image.width), IGNORE, np.uint8)
-        else:
-            raw = np.asarray(Image.open(lab_path))
-            label = raw if self.labels == "autolabel" else self.lut[raw]
-        img, lab = self.transform(image, label)
-        return {"image": img, "label": lab, "name": name}
+            return image, np.full((image.height, image.width), IGNORE, np.uint8)
+        return image, self.lut[np.asarray(Image.open(lab_path))]
+
+    def __getitem__(self, i: int) -> dict:
+        img, lab = self.transform(*self.load(i))
+        return {"image": img, "label": lab, "name": self.items[i][2]}

@@ -43,7 +43,10 @@ class MapillaryDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
+        img_path, lab_path, _ = self.items[i]
+        return Image.open(img_path), self.lut[np.asarray(Image.open(lab_path))]
+
     def __getitem__(self, i: int) -> dict:
-        img_path, lab_path, name = self.items[i]
-        img, lab = self.transform(Image.open(img_path), self.lut[np.asarray(Image.open(lab_path))])
-        return {"image": img, "label": lab, "name": name}
+        img, lab = self.transform(*self.load(i))
+        return {"image": img, "label": lab, "name": self.items[i][2]}

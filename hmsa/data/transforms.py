@@ -17,7 +17,8 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 IGNORE = 255
 
-Transform = Callable[[Image.Image, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+# (image, label[, center (y, x) that the crop must contain]) -> (image tensor, label tensor)
+Transform = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 def _to_tensors(image: Image.Image, label: np.ndarray) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
@@ -34,6 +35,19 @@ def _rand(lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand(()))
 
 
+def _crop_origin(shape: tuple[int, int], crop: tuple[int, int],
+                 center: tuple[float, float] | None) -> tuple[int, int]:
+    """Random crop origin; with a class-uniform centroid, one whose crop contains that point."""
+    out = []
+    for extent, c, point in zip(shape, crop, center or (None, None), strict=True):
+        hi = extent - c
+        if point is None:
+            out.append(int(torch.randint(0, hi + 1, ())))
+        else:  # the point lands uniformly inside the crop, clamped to the image
+            out.append(min(max(int(point) - int(torch.randint(0, c, ())), 0), hi))
+    return out[0], out[1]
+
+
 def train_transform(crop: tuple[int, int], scale_range: tuple[float, float] = (0.5, 2.0), flip: bool = True,
                     color_jitter: float = 0.25, blur_prob: float = 0.5) -> Transform:
     """Random scale, pad + random crop to ``crop`` (H, W), flip, colour jitter, blur, normalise."""
@@ -41,7 +55,8 @@ def train_transform(crop: tuple[int, int], scale_range: tuple[float, float] = (0
     jitter = T.ColorJitter(color_jitter, color_jitter, color_jitter) if color_jitter > 0 else None
     blur = T.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))
 
-    def apply(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(image: Image.Image, label: np.ndarray,
+              center: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = _to_tensors(image, label)
         s = _rand(*scale_range)
         h, w = img.shape[-2:]
@@ -52,8 +67,8 @@ def train_transform(crop: tuple[int, int], scale_range: tuple[float, float] = (0
         if ph or pw:
             img = TF.pad(img, [0, 0, pw, ph], fill=0)
             mask = TF.pad(mask, [0, 0, pw, ph], fill=IGNORE)
-        top = int(torch.randint(0, img.shape[-2] - ch + 1, ()))
-        left = int(torch.randint(0, img.shape[-1] - cw + 1, ()))
+        top, left = _crop_origin(img.shape[-2:], (ch, cw), None if center is None else
+                                 (center[0] * size[0] / h, center[1] * size[1] / w))
         img, mask = TF.crop(img, top, left, ch, cw), TF.crop(mask, top, left, ch, cw)
         if flip and float(torch.rand(())) < 0.5:
             img, mask = TF.horizontal_flip(img), TF.horizontal_flip(mask)
@@ -69,7 +84,7 @@ def train_transform(crop: tuple[int, int], scale_range: tuple[float, float] = (0
 def eval_transform() -> Transform:
     """No geometry change: evaluation runs at the image's own size."""
 
-    def apply(image: Image.Image, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(image: Image.Image, label: np.ndarray, center: object = None) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = _to_tensors(image, label)
         return _normalize(img), mask[0].as_subclass(torch.Tensor).long()
 

@@ -136,6 +136,7 @@ def _log_to_mlflow(metrics: dict, names: list[str], out_dir: Path) -> None:
                         "eval.model": metrics["model"], "eval.images": metrics["images"],
                         "eval.settings": ",".join(metrics["settings"])})
     tracker.set_tags({"hmsa.eval_images": str(metrics["images"])})
+    tracker.close()
 
 
 def _save_maps(model: nn.Module, ds: Any, settings: list[Setting], count: int, out: Path,

@@ -62,6 +62,24 @@ def build_pools(cfg: cfgmod.Config) -> tuple[list[Dataset], int, list[str]]:
     return pools, num_classes, names
 
 
+def pool_centroids(cfg: cfgmod.Config, pools: list[Dataset], run_dir: Path) -> list[dict | None]:
+    """Class-uniform centroid tables, one per pool (cached by label content; see hmsa.data.sampling)."""
+    from hmsa.data.sampling import cached_centroids
+    from hmsa.training.batches import resolve
+
+    d = cfg.data
+    if d.class_uniform_fraction <= 0:
+        return [None] * len(pools)
+    cache = Path(d.centroid_cache) if d.centroid_cache else Path(run_dir).resolve().parent / "centroids"
+    tables: list[dict | None] = []
+    for pool in pools:
+        bases = [resolve(pool, j) for j in range(len(pool))]  # type: ignore[arg-type]
+        files = [base.items[i][1] for base, i in bases]
+        base = bases[0][0]
+        tables.append(cached_centroids(files, base.lut, base.num_classes, d.class_uniform_tile, cache))
+    return tables
+
+
 def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -159,7 +177,8 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
         tracker.set_tags({"hmsa.config_hash": cfgmod.config_hash(cfg), "hmsa.git_commit": git_commit(),
                           "hmsa.run_dir": str(run_dir.resolve())})
     t0 = time.time()
-    _loop(cfg, model, opt, pools, start, dist, run_dir, key, tracker)
+    centroids = pool_centroids(cfg, pools, run_dir)
+    _loop(cfg, model, opt, pools, centroids, start, dist, run_dir, key, tracker)
     seconds = time.time() - t0
     result = {"iterations": cfg.train.iterations, "resumed_from": start, "train_seconds": round(seconds, 2),
               "mlflow_run_id": tracker.run_id or "", "config_hash": cfgmod.config_hash(cfg)}
@@ -169,18 +188,21 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
                             Path(out_model))
         if out_metrics is not None:
             atomic_write_json(Path(out_metrics), result)
+        tracker.close()
     distributed.shutdown()
     return result
 
 
 def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pools: list[Dataset],
-          start: int, dist: distributed.DistInfo, run_dir: Path, key: str, tracker: StageTracker) -> None:
+          centroids: list[dict | None], start: int, dist: distributed.DistInfo, run_dir: Path, key: str,
+          tracker: StageTracker) -> None:
     t = cfg.train
     total = t.iterations
     if start >= total:
         return
     batches = IterationBatches(cfg.seed, [len(p) for p in pools], cfg.data.extra_pool_probability,
-                               t.batch_size, start, total, dist.rank, dist.world_size)
+                               t.batch_size, start, total, dist.rank, dist.world_size, centroids,
+                               cfg.data.class_uniform_fraction)
     loader = DataLoader(PooledDataset(pools), batch_sampler=batches, num_workers=cfg.data.num_workers)
     fwd: nn.Module = _TrainForward(model, t.method, t.scales)
     if dist.world_size > 1:

@@ -12,6 +12,10 @@ IGNORE_INDEX = 255
 def main_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if kind == "cross_entropy":
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    if kind == "rmi":
+        from hmsa.training.rmi import rmi_loss
+
+        return rmi_loss(logits, target, ignore_index=IGNORE_INDEX)
     raise ValueError(f"train.loss: unknown loss {kind!r}")
 
 
