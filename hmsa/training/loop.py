@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -209,6 +210,7 @@ def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pool
         fwd = nn.parallel.DistributedDataParallel(fwd, find_unused_parameters=True)
     model.train()
     tick, images_seen = time.time(), 0
+    bar = _progress(start, total, dist.is_main)
     for it, batch in zip(range(start, total), loader, strict=True):
         optim.set_lr(opt, optim.poly_lr(t.lr, it, total, t.poly_power, t.warmup_iterations))
         images = batch["image"].to(dist.device, non_blocking=True)
@@ -222,6 +224,9 @@ def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pool
         opt.step()
         images_seen += images.shape[0] * dist.world_size
         done = it + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss/total']:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
         if dist.is_main and (done % t.log_every == 0 or done == total):
             rate = images_seen / max(time.time() - tick, 1e-9)
             eta = (total - done) * t.batch_size * dist.world_size / max(rate, 1e-9)
@@ -231,3 +236,14 @@ def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pool
             tick, images_seen = time.time(), 0
         if dist.is_main and (done % t.checkpoint_every == 0 or done == total):
             _save(run_dir, model, opt, done, key, tracker)
+    if bar is not None:
+        bar.close()
+
+
+def _progress(start: int, total: int, main: bool) -> Any:
+    """A progress bar (iterations, it/s, ETA, loss) on a terminal; log lines only otherwise."""
+    if not (main and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, unit="it", file=sys.stderr, ncols=100, mininterval=0.5)
