@@ -8,13 +8,15 @@ for 20,000 Cityscapes images would take 3.2 TB). Writes reports/benchmarks/autol
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
 
 
 def main() -> int:
@@ -35,9 +37,7 @@ def main() -> int:
     result = {"images": len(files), "image_size": [h, w], "hard_bytes_per_image": stored / len(files),
               "soft_float32_bytes_per_image": soft / len(files), "ratio": soft / stored, "target_ratio": 500,
               "labels": str(args.labels)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -16,7 +15,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
 
 from hmsa.models import build_model  # noqa: E402
 from hmsa.models.multiscale import _scaled, predict_multiscale  # noqa: E402
@@ -53,9 +54,7 @@ def main() -> int:
         "hierarchical_seconds": fused, "sum_single_seconds": sum(singles.values()),
         "overhead_ratio": fused / sum(singles.values()), "target": 1.05,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

@@ -9,7 +9,6 @@ Writes reports/benchmarks/score_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,6 +19,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
 
 
 def make_files(tmp: Path, images: int, size: tuple[int, int]) -> tuple[list[Path], list[Path]]:
@@ -71,9 +73,7 @@ def main() -> int:
     result = {"images": len(gts), "size": args.size, "hmsa_seconds": t_ours, "official_seconds": t_official,
               "speedup": t_official / t_ours, "hmsa_miou": ours, "official_miou": theirs,
               "identical": abs(ours - theirs) < 1e-9, "target_speedup": 5.0}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0 if result["identical"] else 1
 
 

@@ -11,7 +11,6 @@ excluded): what grows with the scales and dominates training memory.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
 
 from hmsa.models import build_model  # noqa: E402
 from hmsa.models.multiscale import forward_train  # noqa: E402
@@ -85,9 +86,7 @@ def main() -> int:
         "memory_ratio": mem["explicit"] / mem["hierarchical"],
         "paper_flops_ratio": 5.25 / 1.25, "targets": {"time_ratio": 3.6, "memory_ratio": 3.0},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 
