@@ -1,6 +1,6 @@
 # The two commands of the README. Both build .venv on first use.
 #   make reproduce   the whole paper DAG on the embedded default (CPU), then reports/
-#   make test        the whole test suite (unit, end-to-end `slow`, and `slurm`)
+#   make test        the whole test suite (unit tests and the end-to-end `slow` DAG test)
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -159,7 +159,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     log.info("stage %s: submitted job %s (%s)", stage, job.job_id, cluster.executor)
     ok = True
     try:
-        job.result()
+        job.results()  # one result per task (rank)
     except Exception as exc:  # submitit wraps the job's exception; report it in one place
         ok = False
         print(f"hmsa submit: stage {stage} failed in job {job.job_id}: {str(exc).strip()[-2000:]}",

@@ -232,12 +232,22 @@ def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pool
             eta = (total - done) * t.batch_size * dist.world_size / max(rate, 1e-9)
             log.info("it %d/%d  loss %.4f  lr %.5f  %.1f img/s  eta %ds", done, total, terms["loss/total"],
                      opt.param_groups[0]["lr"], rate, eta)
-            tracker.log_metrics({**terms, "lr": opt.param_groups[0]["lr"], "images_per_s": rate}, step=done)
+            tracker.log_metrics({**terms, "lr": opt.param_groups[0]["lr"], "images_per_s": rate,
+                                 "memory/peak_mb": _peak_memory_mb(dist.device)}, step=done)
             tick, images_seen = time.time(), 0
         if dist.is_main and (done % t.checkpoint_every == 0 or done == total):
             _save(run_dir, model, opt, done, key, tracker)
     if bar is not None:
         bar.close()
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch, or the process's peak resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _progress(start: int, total: int, main: bool) -> Any:
