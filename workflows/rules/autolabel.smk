@@ -17,6 +17,8 @@ for _name, _st in config.get("autolabel", {}).items():
             labels=autolabel_dir(_name),
             cluster=CLUSTER,
             overrides=["data.dataset=cityscapes", f"data.root={dataset_root('cityscapes')}"],
+        resources:
+            **stage_resources(_name, "autolabel"),
         log:
             f"logs/{_name}.log",
         shell:

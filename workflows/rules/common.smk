@@ -4,6 +4,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(workflow.basedir)
 RESULTS = config["results"]
 RUNS = config["runs"]
@@ -20,6 +22,27 @@ if _uri.startswith("sqlite:///") and not _uri.startswith("sqlite:////"):
     # Jobs may run in other directories (submitit, SLURM): pin the database to an absolute path.
     _uri = "sqlite:///" + str(Path(_uri[len("sqlite:///"):]).resolve())
 os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
+
+
+_CLUSTER_CFG = yaml.safe_load(Path(CLUSTER).read_text()) or {}
+
+
+def stage_resources(stage, kind):
+    """What a stage's job asks the cluster for (configs/cluster/*.yaml), shown by `snakemake -n`.
+    Informational for Snakemake: the job itself is submitted by `hmsa submit` with these values."""
+    r = {
+        **(_CLUSTER_CFG.get("defaults") or {}),
+        **((_CLUSTER_CFG.get("kinds") or {}).get(kind) or {}),
+        **((_CLUSTER_CFG.get("stages") or {}).get(stage) or {}),
+    }
+    nodes = int(r.get("nodes", 1))
+    return {
+        "nodes": nodes,
+        "gpus": nodes * int(r.get("gpus_per_node", 0)),
+        "tasks": nodes * int(r.get("tasks_per_node", 1)),
+        "runtime": int(r.get("timeout_min", 60)),
+        "slurm_partition": str(r.get("partition", "")),
+    }
 
 
 def experiment(path):

@@ -35,6 +35,8 @@ for _ds in ("cityscapes", "mapillary"):
             run_dir=f"{RUNS}/prepare_{_ds}",
             cluster=CLUSTER,
             real=[] if config["data"]["embedded"] else ["--real-counts"],
+        resources:
+            **stage_resources(f"prepare_{_ds}", "prepare"),
         log:
             f"logs/prepare_{_ds}.log",
         shell:

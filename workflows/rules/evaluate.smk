@@ -21,6 +21,8 @@ for _name, _ev in config["evaluate"].items():
             settings=[a for s in _ev["settings"] for a in ("--setting", s)],
             tags=[a for t in eval_tags(_name) for a in ("--tag", t)],
             overrides=[f"data.dataset={_ev['dataset']}", f"data.root={dataset_root(_ev['dataset'])}"],
+        resources:
+            **stage_resources(_name, "evaluate"),
         log:
             f"logs/{_name}.log",
         shell:

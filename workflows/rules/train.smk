@@ -30,6 +30,8 @@ for _name, _st in config["train"].items():
             run_dir=f"{RUNS}/{_name}",
             cluster=CLUSTER,
             overrides=train_overrides(_name),
+        resources:
+            **stage_resources(_name, "train"),
         log:
             f"logs/{_name}.log",
         shell:
