@@ -116,6 +116,25 @@ def _cmd_score(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_estimate(a: argparse.Namespace) -> int:
+    from hmsa.estimate import estimate, table
+    from hmsa.io import atomic_write_json
+
+    declared = {}
+    for item in a.declare:
+        stage, _, sec = item.partition("=")
+        try:
+            declared[stage] = float(sec)
+        except ValueError as exc:
+            raise ValueError(f"--declare {item!r}: expected STAGE=SECONDS") from exc
+    project = Path(__file__).resolve().parents[1]
+    result = estimate(a.configfile, project, Path.cwd(), a.measure, a.measure_scale, a.steps, declared)
+    print(table(result))
+    if a.out is not None:
+        atomic_write_json(a.out, result)
+    return 0
+
+
 def _cmd_report(a: argparse.Namespace) -> int:
     from hmsa.report import build_report
 
@@ -193,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--pred", type=Path, required=True, help="predictions (Cityscapes: labelIds PNGs)")
     sc.add_argument("--out", type=Path, required=True, help="JSON with miou and per_class")
     sc.set_defaults(func=_cmd_score)
+
+    es = sub.add_parser("estimate", help="GPU-hours and wall time per stage of a pipeline config")
+    es.add_argument("--configfile", type=Path, required=True, help="configs/pipeline/*.yaml")
+    es.add_argument("--measure", action="store_true", help="time real steps of each stage's model here")
+    es.add_argument("--measure-scale", type=float, default=1.0,
+                    help="shrink the measured size by this factor and scale the time by pixels")
+    es.add_argument("--steps", type=int, default=2, help="timed steps per stage (median)")
+    es.add_argument("--declare", action="append", default=[], help="STAGE=SECONDS per unit, repeatable")
+    es.add_argument("--out", type=Path, default=None, help="JSON to write")
+    es.set_defaults(func=_cmd_estimate)
 
     r = sub.add_parser("report", help="Tables 1-4 beside the paper's numbers")
     r.add_argument("--pipeline-config", type=Path, required=True)
