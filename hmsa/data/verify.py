@@ -10,6 +10,12 @@ REAL_COUNTS = {
     "mapillary": {"training": 18000, "validation": 2000},
 }
 _CS_SPLITS = {"train": "fine", "val": "fine", "test": "fine", "train_extra": "coarse"}
+HOW_TO_GET = {
+    "cityscapes": "download leftImg8bit_trainvaltest, gtFine_trainvaltest, leftImg8bit_trainextra and gtCoarse "
+                  "from the official Cityscapes site (registration required) and unpack them into one folder",
+    "mapillary": "download Mapillary Vistas v1.2 from the official Mapillary site (registration required) and "
+                 "unpack it so the folder holds config.json, training/ and validation/",
+}
 
 
 def _verify_cityscapes(root: Path) -> dict[str, int]:
@@ -37,7 +43,9 @@ def verify(dataset: str, root: Path, expected: dict[str, int] | None = None) -> 
     """Count the images per split (every image must have its label); compare with ``expected``."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset root not found")
+        hint = HOW_TO_GET.get(dataset, "")
+        raise FileNotFoundError(f"{root}: dataset root not found; {hint}, then run "
+                                f"`hmsa data verify --dataset {dataset} --root <folder> --real-counts`")
     if dataset == "cityscapes":
         counts = _verify_cityscapes(root)
     elif dataset == "mapillary":
