@@ -141,6 +141,9 @@ def test_full_size_models_forward_backward(name: str, classes: int) -> None:
     model = build_model(name, classes)
     if name == "hrnet_ocr":
         assert sum(model.trunk.channels) == 720  # 48 + 96 + 192 + 384
-    out = forward_train(model, torch.randn(1, 3, 64, 128), "hierarchical", [0.5, 1.0])
-    assert out["fused"].shape == (1, classes, 64, 128)
-    out["fused"].mean().backward()
+    out = forward_train(model, torch.randn(2, 3, 64, 128), "hierarchical", [0.5, 1.0])
+    assert out["fused"].shape == (2, classes, 64, 128) and torch.isfinite(out["fused"]).all()
+    loss = out["fused"].logsumexp(1).mean() + (out["aux"].logsumexp(1).mean() if out["aux"] is not None else 0)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing[:5]
