@@ -6,6 +6,8 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from hmsa.pipeline import check  # one-line errors naming the config file and the key
+
 min_version("9.0")
 
 
@@ -16,7 +18,7 @@ if not workflow.configfiles:
     configfile: os.path.join(workflow.basedir, "configs/pipeline/embedded.yaml")
 
 
-
+check(config, os.path.join(workflow.basedir, "workflows/schemas/pipeline.schema.yaml"), workflow.configfiles)
 validate(config, "workflows/schemas/pipeline.schema.yaml")
 
 

@@ -1,0 +1,53 @@
+"""The pipeline config is checked before anything runs: schema and cross-references, one line naming
+the file and the key."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hmsa.pipeline import PipelineConfigError, check
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflows/schemas/pipeline.schema.yaml"
+EMBEDDED = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["embedded.yaml", "paper.yaml"])
+def test_shipped_pipeline_configs_pass(name: str) -> None:
+    check(yaml.safe_load((ROOT / "configs/pipeline" / name).read_text()), SCHEMA, [name])
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda c: c.update(trian={}), "'<top level>'"),
+    (lambda c: c["train"]["table1_single"].update(dataset="kitti"), "'train.table1_single.dataset'"),
+    (lambda c: c["train"]["cityscapes_teacher"].update(init="nowhere"), "'train.cityscapes_teacher.init'"),
+    (lambda c: c["evaluate"]["evaluate_student"].update(model="nobody"), "'evaluate.evaluate_student.model'"),
+    (lambda c: c["tables"]["table1"][0].update(setting="maxpool:1"), "'tables.table1[0].setting'"),
+    (lambda c: c["evaluate"]["evaluate_student"].update(settings=["bogus:1"]),
+     "'evaluate.evaluate_student.settings.0'"),
+])
+def test_bad_config_names_file_and_key(edit: object, key: str) -> None:
+    cfg = copy.deepcopy(EMBEDDED)
+    edit(cfg)  # type: ignore[operator]
+    with pytest.raises(PipelineConfigError) as err:
+        check(cfg, SCHEMA, ["my.yaml"])
+    msg = str(err.value)
+    assert msg.startswith("my.yaml: ") and key in msg and "\n" not in msg
+
+
+def test_snakemake_stops_with_the_one_line_error(tmp_path: Path) -> None:
+    cfg = copy.deepcopy(EMBEDDED)
+    cfg["train"]["table1_single"]["experimnt"] = "x.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n",
+                          "--directory", str(tmp_path), "--configfile", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert f"{bad}: 'train.table1_single': Additional properties are not allowed" in out.stdout + out.stderr
