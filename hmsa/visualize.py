@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ _MEAN = np.array([0.485, 0.456, 0.406])
 _STD = np.array([0.229, 0.224, 0.225])
 
 
-def palette(dataset: str, num_classes: int = 256) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def palette(dataset: str) -> np.ndarray:
     """(256, 3) uint8; Cityscapes uses the official trainId colours, 255 (ignore) is black."""
     rng = np.random.default_rng(0)
     pal = rng.integers(40, 255, size=(256, 3), dtype=np.uint8)
@@ -25,6 +27,7 @@ def palette(dataset: str, num_classes: int = 256) -> np.ndarray:
             if 0 <= lab.trainId < 255:
                 pal[lab.trainId] = lab.color
     pal[255] = 0
+    pal.flags.writeable = False  # cached and shared: nobody may change it
     return pal
 
 

@@ -50,6 +50,9 @@ def test_real_cityscapes_layout_and_ids(embedded_data: Path) -> None:
     assert set(np.unique(lab)) <= set(id2label)
     assert {7, 8} & set(np.unique(lab)) and 17 in np.unique(lab)  # road or sidewalk, and poles
     assert cityscapes_classes()[:3] == ["road", "sidewalk", "building"]
+    from hmsa.data.labels import CITYSCAPES_CLASSES
+
+    assert CITYSCAPES_CLASSES == cityscapes_classes()  # the import-time copy equals the official table
 
 
 def test_thin_structures_are_a_few_pixels_wide(embedded_data: Path) -> None:

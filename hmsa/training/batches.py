@@ -9,11 +9,14 @@ run. Under DDP rank ``r`` takes the ``r``-th slice of each global batch, so no i
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from hmsa.data.sampling import draw
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -29,8 +32,6 @@ def sample_key(seed: int, g: int, pool_sizes: Sequence[int], extra_probability: 
     probability ``extra_probability`` (section 5.1.1); with probability ``class_uniform`` it is a
     class-uniform draw (a class, then one of its centroids: the crop is placed around it); otherwise
     pool 0 is walked in per-epoch permutations and pool 1 drawn uniformly. Centroid -1 = none."""
-    from hmsa.data.sampling import draw
-
     rng = _rng(seed, g, 1)
     aug_seed = int(rng.integers(0, 2**31 - 1))
     pool = 1 if len(pool_sizes) > 1 and rng.random() < extra_probability else 0
@@ -43,7 +44,13 @@ def sample_key(seed: int, g: int, pool_sizes: Sequence[int], extra_probability: 
         return 1, int(rng.integers(pool_sizes[1])), aug_seed, -1, -1
     n = pool_sizes[0]
     epoch, pos = divmod(g, n)
-    return 0, int(_rng(seed, epoch, 0).permutation(n)[pos]), aug_seed, -1, -1
+    return 0, int(_epoch_order(seed, epoch, n)[pos]), aug_seed, -1, -1
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The epoch's permutation, computed once per epoch instead of once per sample."""
+    return _rng(seed, epoch, 0).permutation(n)
 
 
 class IterationBatches:
