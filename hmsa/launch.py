@@ -1,9 +1,14 @@
 """The only path from the DAG to compute: ``hmsa submit`` runs one stage through submitit.
 
 A ``StageJob`` is a picklable job object (like dinov2's): ``__call__`` runs an ``hmsa`` subcommand
-inside the job (importing the heavy code lazily), ``checkpoint()`` returns a resubmission of itself —
-training resumes from its run dir by default, so a requeue needs no special path. The cluster facts
-(executor, partition, GPUs, time) come from ``configs/cluster/*.yaml``, never from code.
+inside the job (importing the heavy code lazily), ``checkpoint()`` asks a running training to save at
+the next iteration boundary and returns a resubmission of itself — training resumes from its run dir
+by default, so a requeue needs no special path. The cluster facts (executor, partition, GPUs, time)
+come from ``configs/cluster/*.yaml`` (``hmsa.cluster``), never from code.
+
+``submit`` records the job in ``RUN_DIR/job.json``. Run again (after the head-node Snakemake or
+``hmsa submit`` itself was killed), it re-attaches to a live SLURM job, collects a finished one, and
+submits only when there is no live or successful job: never two live jobs for one stage.
 """
 
 from __future__ import annotations
@@ -11,70 +16,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hmsa import tracking
+from hmsa import jobs, tracking
+from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
 from hmsa.io import atomic_write_json
+
+__all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
 
 log = logging.getLogger("hmsa.launch")
 
-EXECUTORS = ("local", "slurm", "debug")
-# Resource keys accepted in a cluster file, mapped to submitit's AutoExecutor parameter names.
-RESOURCE_KEYS = {
-    "timeout_min": "timeout_min", "nodes": "nodes", "tasks_per_node": "tasks_per_node",
-    "gpus_per_node": "gpus_per_node", "cpus_per_task": "cpus_per_task", "mem_gb": "mem_gb",
-    "partition": "slurm_partition", "account": "slurm_account", "qos": "slurm_qos",
-    "constraint": "slurm_constraint", "max_requeue": "slurm_max_num_timeout",
-    "additional_parameters": "slurm_additional_parameters",
-}
-
-
-class ClusterConfigError(ValueError):
-    pass
-
-
-@dataclass
-class ClusterConfig:
-    path: str
-    executor: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    kinds: dict[str, dict[str, Any]] = field(default_factory=dict)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def resources(self, stage: str, kind: str) -> dict[str, Any]:
-        """defaults < per-kind < per-stage."""
-        return {**self.defaults, **self.kinds.get(kind, {}), **self.stages.get(stage, {})}
-
-
-def _check_resources(path: str, where: str, res: Any) -> dict[str, Any]:
-    if not isinstance(res, dict):
-        raise ClusterConfigError(f"{path}: '{where}' must be a mapping")
-    for key in res:
-        if key not in RESOURCE_KEYS:
-            raise ClusterConfigError(f"{path}: unknown key '{where}.{key}' (known: {', '.join(RESOURCE_KEYS)})")
-    return res
-
-
-def load_cluster(path: str | Path) -> ClusterConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ClusterConfigError(f"{p}: cluster config not found")
-    data = yaml.safe_load(p.read_text()) or {}
-    unknown = set(data) - {"executor", "defaults", "kinds", "stages"}
-    if unknown:
-        raise ClusterConfigError(f"{p}: unknown key '{sorted(unknown)[0]}'")
-    executor = data.get("executor", "local")
-    if executor not in EXECUTORS:
-        raise ClusterConfigError(f"{p}: 'executor' must be one of {EXECUTORS}, got {executor!r}")
-    defaults = _check_resources(str(p), "defaults", data.get("defaults", {}))
-    kinds = {k: _check_resources(str(p), f"kinds.{k}", v) for k, v in (data.get("kinds") or {}).items()}
-    stages = {k: _check_resources(str(p), f"stages.{k}", v) for k, v in (data.get("stages") or {}).items()}
-    return ClusterConfig(str(p), executor, defaults, kinds, stages)
+# How long ``checkpoint()`` waits for the training to reach an iteration boundary and save. SLURM
+# signals ``--signal`` seconds before the limit (submitit: 90 s), so this must stay well below that.
+SAVE_TIMEOUT_S = float(os.environ.get("HMSA_PREEMPT_SAVE_TIMEOUT", "60"))
 
 
 @dataclass
@@ -84,6 +42,9 @@ class StageJob:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._worker: threading.Thread | None = None
+
     def __call__(self) -> int:
         os.environ.update(self.env)
         import submitit
@@ -92,26 +53,56 @@ class StageJob:
         if env.num_tasks > 1:
             # RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT for torch.distributed.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        os.environ.setdefault("HMSA_SLURM_JOB_ID", str(env.job_id))
+        os.environ["HMSA_SLURM_JOB_ID"] = str(env.job_id)
+        # The stage runs in a worker thread so that the main thread stays free for submitit's signal
+        # handler: on timeout/preemption ``checkpoint()`` can then wait for the training to save.
+        outcome: dict[str, Any] = {}
+        self._worker = threading.Thread(target=self._run, args=(outcome,), name="hmsa-stage")
+        self._worker.start()
+        while self._worker.is_alive():
+            self._worker.join(timeout=1.0)
+        error = outcome.get("error")
+        if error is not None and type(error).__name__ == "Preempted":
+            # Every rank stops at the same iteration, but only rank 0's signal handler requeues the
+            # job. Returning now would leave an error result that the submitting side reads as a
+            # failure: wait for the requeue to end this task instead.
+            time.sleep(10 * SAVE_TIMEOUT_S)
+        if error is not None:
+            raise error
+        return 0
+
+    def _run(self, outcome: dict[str, Any]) -> None:
         from hmsa.cli import main
 
-        code = main(self.argv)
-        if code:
-            raise RuntimeError(f"hmsa {' '.join(self.argv)} exited with status {code}")
-        return code
+        try:
+            code = main(self.argv)
+            if code:
+                raise RuntimeError(f"hmsa {' '.join(self.argv)} exited with status {code}")
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+            outcome["error"] = exc
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        """Called by submitit on timeout/preemption: resubmit; the stage resumes from its run dir."""
+        """Called by submitit (rank 0) on timeout/preemption: save now, then requeue this job."""
         import submitit
 
+        if self.argv[:1] == ["train"] and self._worker is not None and self._worker.is_alive():
+            from hmsa.training import loop
+
+            loop.STOP_REQUESTED.set()
+            self._worker.join(timeout=SAVE_TIMEOUT_S)
+            state = "saved" if not self._worker.is_alive() else "did not reach a boundary in time"
+            print(f"hmsa: preempted; training {state}", file=sys.stderr, flush=True)
         return submitit.helpers.DelayedSubmission(StageJob(list(self.argv), dict(self.env)))
 
 
 def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> Any:
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster.executor)
-    res = cluster.resources(stage, kind)
+    res = dict(cluster.resources(stage, kind))
+    # How many timeouts a job may requeue after is a constructor argument in submitit, not a parameter.
+    max_timeouts = int(res.pop("max_requeue", 3))
+    executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster.executor,
+                                     slurm_max_num_timeout=max_timeouts)
     params = {RESOURCE_KEYS[k]: v for k, v in res.items()}
     params.setdefault("timeout_min", 60)
     executor.update_parameters(name=f"hmsa-{stage}", **params)
@@ -143,20 +134,44 @@ def _stage_run(stage: str, run_dir: Path, table_tags: dict[str, str]) -> dict[st
     return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
 
 
+def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
+                env: dict[str, str], previous: dict[str, Any] | None) -> Any:
+    import submitit
+
+    executor = _executor(cluster, run_dir / "submitit", stage, kind)
+    # Inside a SLURM allocation (e.g. Snakemake started under salloc) the job's SLURM_* variables
+    # would leak into the new job's sbatch and confuse it.
+    site_conf = os.environ.get("SLURM_CONF")
+    with submitit.helpers.clean_env():
+        if site_conf:  # where the cluster's slurm.conf lives is not job state: keep it
+            os.environ["SLURM_CONF"] = site_conf
+        job = executor.submit(StageJob(list(argv), env))
+    jobs.record(run_dir, job, cluster.executor, stage, argv, previous)
+    log.info("stage %s: submitted job %s (%s)", stage, job.job_id, cluster.executor)
+    return job
+
+
+def _attach_or_submit(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
+                      env: dict[str, str]) -> Any:
+    previous = jobs.read_record(run_dir)
+    if previous is not None:
+        job = jobs.attach(previous, cluster.executor, argv, run_dir)
+        if job is not None:
+            print(f"hmsa submit: stage {stage}: re-attached to job {job.job_id}", file=sys.stderr, flush=True)
+            return job
+    return _submit_new(cluster, stage, kind, run_dir, argv, env, previous)
+
+
 def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[str],
            tags: dict[str, str] | None = None) -> int:
-    """Submit ``hmsa <argv>`` as stage ``stage`` and wait; the job's output is copied to ours."""
+    """Run ``hmsa <argv>`` as stage ``stage`` (re-attaching to its live job if any) and wait."""
     cluster = load_cluster(cluster_file)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
     env.update(_stage_run(stage, run_dir, tags or {}))
-    executor = _executor(cluster, run_dir / "submitit", stage, kind)
-    job = executor.submit(StageJob(list(argv), env))
-    atomic_write_json(run_dir / "job.json", {"job_id": str(job.job_id), "executor": cluster.executor,
-                                             "stage": stage, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                             "argv": list(argv)})
-    log.info("stage %s: submitted job %s (%s)", stage, job.job_id, cluster.executor)
+    with tracking._file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
+        job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env)
     ok = True
     try:
         job.results()  # one result per task (rank)
@@ -166,10 +181,9 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
               file=sys.stderr)
     finally:
         _echo(job)
-    if ok and env.get(tracking.ENV_RUN_ID):
-        tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED")
-    elif env.get(tracking.ENV_RUN_ID):
-        tracking.finish_run(env[tracking.ENV_RUN_ID], "FAILED")
+    jobs.mark_done(run_dir, ok)
+    if env.get(tracking.ENV_RUN_ID):
+        tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED" if ok else "FAILED")
     return 0 if ok else 1
 
 
