@@ -1,11 +1,16 @@
 """Auto-labelling of the coarse Cityscapes images (section 4): the teacher's multi-scale prediction,
 turned into HARD labels — argmax where the max softmax probability >= threshold (paper: 0.9), else
 255 (ignore) — stored as uint8 PNGs of trainIds in the Cityscapes layout. Resumable (finished images
-are skipped, writes are atomic) and sharded across ranks."""
+are skipped, writes are atomic) and sharded across DDP ranks and across independent jobs (a SLURM
+array or ``--shard i/n``): each job writes only its images and a manifest part; the job that completes
+the set merges the parts into the manifest."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmsa.data.errors import read_file
 from hmsa.io import atomic_write, atomic_write_json, read_json
 from hmsa.tracking import StageTracker
 from hmsa.training import distributed
@@ -49,52 +55,85 @@ def _label_one(model: torch.nn.Module, image: torch.Tensor, method: str, scales:
     return hard_labels(logits[0].cpu(), threshold).numpy()
 
 
+def resolve_shard(shard: str | None = None, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(index, count) of this job among independent jobs: ``--shard i/n``, else the SLURM array
+    (``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``), else (0, 1).
+    DDP ranks split each shard further."""
+    env = dict(os.environ if env is None else env)
+    if shard:
+        i, sep, n = shard.partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        return int(i), int(n)
+    if env.get("SLURM_ARRAY_TASK_ID") and env.get("SLURM_ARRAY_TASK_COUNT"):
+        # arrays may start anywhere (--array=1-8): the index is relative to the first task
+        i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return i, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+def _part_path(out_dir: Path, key: str, k: int, total: int) -> Path:
+    # the parameters' hash in the name: parts of an earlier run with other settings are never merged
+    return Path(out_dir) / f".manifest-{key}-part{k:04d}-of-{total:04d}.json"
+
+
 def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manifest_path: Path,
                   threshold: float, method: str, scales: list[float], flip: bool,
-                  max_images: int = 0) -> dict[str, Any]:
+                  max_images: int = 0, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+    """Label this job's share of the images; the job that finds every share done writes the manifest
+    (so with a SLURM array, whichever task finishes last). Returns the manifest, or {} if not written."""
     from hmsa.data import build_dataset
     from hmsa.data.transforms import eval_transform
     from hmsa.evaluation.evaluate import load_model
 
     dist = distributed.init_from_env()
+    if dist.is_main:  # an earlier manifest must not pass for this run's if this run fails
+        Path(manifest_path).unlink(missing_ok=True)
     model, meta = load_model(Path(model_path), dist.device)
     ds = build_dataset("cityscapes", Path(root), split, labels="none", transform=eval_transform())
     n = len(ds) if max_images <= 0 else min(max_images, len(ds))
     c = meta["num_classes"]
-    shard: dict[str, Any] = {}
-    for i in range(dist.rank, n, dist.world_size):
+    k, total = shard[0] * dist.world_size + dist.rank, shard[1] * dist.world_size
+    params = {"threshold": threshold, "method": method, "scales": scales, "flip": flip, "split": split,
+              "teacher": str(model_path), "images": n, "parts": total}
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    shard_images: dict[str, Any] = {}
+    for i in range(k, n, total):
         name = ds.items[i][2]
         path = label_path(out_dir, split, name)
         if path.exists():  # resumable: atomic writes mean an existing file is complete
-            label = np.asarray(Image.open(path))
+            label = read_file(path, "auto-label", lambda p: np.asarray(Image.open(p)))
         else:
             label = _label_one(model, ds[i]["image"].to(dist.device), method, scales, flip, threshold)
             atomic_write(path, lambda tmp, arr=label: Image.fromarray(arr).save(tmp, format="PNG"))
         frac, counts = _stats(label, c)
-        shard[name] = {"labelled_fraction": frac, "class_pixels": counts}
-    part = Path(out_dir) / f".manifest-rank{dist.rank}.json"
-    atomic_write_json(part, shard)
+        shard_images[name] = {"labelled_fraction": frac, "class_pixels": counts}
+    atomic_write_json(_part_path(out_dir, key, k, total), {"params": params, "images": shard_images})
     distributed.barrier()
     manifest: dict[str, Any] = {}
-    if dist.is_main:
-        manifest = _merge_manifest(out_dir, dist.world_size, n, meta, threshold, method, scales, flip,
-                                   model_path, split)
+    parts = [_part_path(out_dir, key, j, total) for j in range(total)]
+    if dist.is_main and all(p.exists() for p in parts):
+        manifest = _merge_manifest(parts, n, meta, threshold, method, scales, flip, model_path, out_dir, split)
         atomic_write_json(Path(manifest_path), manifest)
         _log(manifest, meta["class_names"])
+    elif dist.is_main:
+        log.info("shard %d/%d done; %d of %d parts present, the last shard writes the manifest",
+                 shard[0], shard[1], sum(p.exists() for p in parts), total)
     distributed.shutdown()
     return manifest
 
 
-def _merge_manifest(out_dir: Path, world: int, n: int, meta: dict, threshold: float, method: str,
-                    scales: list[float], flip: bool, model_path: Path, split: str) -> dict[str, Any]:
+def _merge_manifest(parts: list[Path], n: int, meta: dict, threshold: float, method: str,
+                    scales: list[float], flip: bool, model_path: Path, out_dir: Path,
+                    split: str) -> dict[str, Any]:
     images: dict[str, Any] = {}
-    for r in range(world):
-        images.update(read_json(Path(out_dir) / f".manifest-rank{r}.json"))
+    for part in parts:
+        images.update(read_json(part)["images"])
     if len(images) != n:
         raise RuntimeError(f"auto-labelled {len(images)} images, expected {n}")
     names = meta["class_names"]
     totals = np.sum([v["class_pixels"] for v in images.values()], axis=0).tolist()
-    fractions = [v["labelled_fraction"] for v in images.values()]
+    fractions = [images[k]["labelled_fraction"] for k in sorted(images)]
     return {"threshold": threshold, "method": method, "scales": scales, "flip": flip, "split": split,
             "teacher": str(model_path), "images": n, "labels_dir": str(out_dir),
             "labelled_fraction_mean": float(np.mean(fractions)) if fractions else 0.0,

@@ -79,6 +79,11 @@ class TrainConfig:
     scale_supervision_weight: float = 0.0  # per-scale supervision (paper: 0.05)
     checkpoint_every: int = 50
     log_every: int = 10
+    # Mixed precision (torch.autocast float16 + GradScaler) and SyncBatchNorm under DDP: CUDA only.
+    # Off by default; the paper recipe turns both on. On CPU they are a logged no-op, so one config
+    # runs anywhere (the resume key does not depend on the device).
+    amp: bool = False
+    sync_bn: bool = False
 
 
 @dataclass

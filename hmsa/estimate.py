@@ -20,8 +20,8 @@ import torch
 import yaml
 
 from hmsa import config as cfgmod
-from hmsa.data.verify import REAL_COUNTS
 from hmsa.cluster import load_cluster
+from hmsa.data.verify import REAL_COUNTS
 
 EVAL_SIZE = {"cityscapes": (1024, 2048), "mapillary": (1632, 2177)}  # Mapillary: long edge 2177 (§5.1)
 

@@ -10,6 +10,7 @@ and only a failed, cancelled or vanished one is replaced.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -109,8 +110,47 @@ def _kill_local(pid_text: str) -> None:
     log.warning("stopped local job %s left running by an earlier attempt", pid_text)
 
 
-def attach(rec: dict[str, Any], executor: str, argv: list[str], run_dir: Path) -> Any | None:
-    """A submitit job handle for the recorded job when it is alive or succeeded, else None (submit anew).
+def keep_outputs(run_dir: Path, job_id: str, outputs: list[Path]) -> None:
+    """Hard-link (or copy) a finished job's outputs to ``RUN_DIR/collected/<job id>/``."""
+    import shutil
+
+    keep = Path(run_dir) / "collected" / job_id
+    keep.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for i, path in enumerate(outputs):
+        if not path.is_file():
+            return  # not every output is a file: nothing to collect later, the stage simply re-runs
+        dest = keep / f"{i}-{path.name}"
+        dest.unlink(missing_ok=True)
+        try:
+            os.link(path, dest)
+        except OSError:  # another file system: copy
+            shutil.copy2(path, dest)
+        kept[str(path)] = dest.name
+    atomic_write_json(keep / "outputs.json", kept)
+
+
+def restore_outputs(run_dir: Path, job_id: str, outputs: list[Path]) -> bool:
+    """Put back the outputs a job kept; False when it did not keep every one of them."""
+    keep = Path(run_dir) / "collected" / job_id
+    kept = read_json(keep / "outputs.json") if (keep / "outputs.json").exists() else {}
+    if not outputs or any(str(p) not in kept for p in outputs):
+        return False
+    for path in outputs:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.restore")
+            tmp.unlink(missing_ok=True)
+            os.link(keep / kept[str(path)], tmp)
+            os.replace(tmp, path)
+    return True
+
+
+def attach(rec: dict[str, Any], executor: str, argv: list[str], expect: list[Path],
+           run_dir: Path) -> Any | None:
+    """A submitit job handle for the recorded job when it is alive, or finished successfully with every
+    ``expect`` output kept (none given: never collected; outputs deleted since are put back); else
+    None (submit anew).
 
     A live job whose command differs from ``argv`` (the stage's config changed) is cancelled first."""
     if rec.get("executor") == "local" or executor == "local":
@@ -126,7 +166,10 @@ def attach(rec: dict[str, Any], executor: str, argv: list[str], run_dir: Path) -
         if live:
             _cancel(rec)
         return None
-    if not live and not _succeeded(rec["folder"], rec["job_id"]):
+    expect = [Path(p).resolve() for p in expect]
+    collect = not live and _succeeded(rec["folder"], rec["job_id"]) and \
+        restore_outputs(run_dir, rec["job_id"], expect)
+    if not live and not collect:
         log.info("job %s of %s is %s: submitting anew", rec["job_id"], rec["stage"], state or "gone")
         return None
     import submitit

@@ -41,6 +41,8 @@ class StageJob:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    run_dir: str = ""
+    expect: list[str] = field(default_factory=list)  # the stage's declared outputs
 
     def __post_init__(self) -> None:
         self._worker: threading.Thread | None = None
@@ -69,6 +71,10 @@ class StageJob:
             time.sleep(10 * SAVE_TIMEOUT_S)
         if error is not None:
             raise error
+        if env.global_rank == 0 and self.run_dir and self.expect:
+            # Kept beside the run so that a later `hmsa submit` can collect this job even after
+            # Snakemake deleted the outputs of the rule it re-runs (head node died meanwhile).
+            jobs.keep_outputs(Path(self.run_dir), str(env.job_id), [Path(p) for p in self.expect])
         return 0
 
     def _run(self, outcome: dict[str, Any]) -> None:
@@ -92,7 +98,8 @@ class StageJob:
             self._worker.join(timeout=SAVE_TIMEOUT_S)
             state = "saved" if not self._worker.is_alive() else "did not reach a boundary in time"
             print(f"hmsa: preempted; training {state}", file=sys.stderr, flush=True)
-        return submitit.helpers.DelayedSubmission(StageJob(list(self.argv), dict(self.env)))
+        return submitit.helpers.DelayedSubmission(StageJob(list(self.argv), dict(self.env), self.run_dir,
+                                                           list(self.expect)))
 
 
 def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> Any:
@@ -131,11 +138,12 @@ def _stage_run(stage: str, run_dir: Path, table_tags: dict[str, str]) -> dict[st
         parent = tracking.get_or_create_parent(invocation, exp_id, {}) if invocation else None
         run_id = tracking.create_stage_run(stage, exp_id, parent, tags)
         atomic_write_json(record, {"run_id": run_id, "experiment_id": exp_id})
-    return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id}
+    # HMSA_RUN_DIR: where the job keeps the run's tracking log while the server is unreachable.
+    return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id, tracking.ENV_RUN_DIR: str(run_dir.resolve())}
 
 
 def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
-                env: dict[str, str], previous: dict[str, Any] | None) -> Any:
+                env: dict[str, str], previous: dict[str, Any] | None, expect: list[Path]) -> Any:
     import submitit
 
     executor = _executor(cluster, run_dir / "submitit", stage, kind)
@@ -145,33 +153,38 @@ def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, ar
     with submitit.helpers.clean_env():
         if site_conf:  # where the cluster's slurm.conf lives is not job state: keep it
             os.environ["SLURM_CONF"] = site_conf
-        job = executor.submit(StageJob(list(argv), env))
+        job = executor.submit(StageJob(list(argv), env, str(run_dir.resolve()),
+                                       [str(p.resolve()) for p in expect]))
     jobs.record(run_dir, job, cluster.executor, stage, argv, previous)
     log.info("stage %s: submitted job %s (%s)", stage, job.job_id, cluster.executor)
     return job
 
 
 def _attach_or_submit(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
-                      env: dict[str, str]) -> Any:
+                      env: dict[str, str], expect: list[Path]) -> Any:
     previous = jobs.read_record(run_dir)
     if previous is not None:
-        job = jobs.attach(previous, cluster.executor, argv, run_dir)
+        job = jobs.attach(previous, cluster.executor, argv, expect, run_dir)
         if job is not None:
             print(f"hmsa submit: stage {stage}: re-attached to job {job.job_id}", file=sys.stderr, flush=True)
             return job
-    return _submit_new(cluster, stage, kind, run_dir, argv, env, previous)
+    return _submit_new(cluster, stage, kind, run_dir, argv, env, previous, expect)
 
 
 def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[str],
-           tags: dict[str, str] | None = None) -> int:
-    """Run ``hmsa <argv>`` as stage ``stage`` (re-attaching to its live job if any) and wait."""
+           tags: dict[str, str] | None = None, expect: list[Path] | None = None) -> int:
+    """Run ``hmsa <argv>`` as stage ``stage`` (re-attaching to its live job if any) and wait.
+
+    ``expect``: the stage's outputs. A job that already finished is collected only while they all
+    exist (Snakemake deletes a re-run rule's outputs first; the job is then run again, which resumes
+    from its final checkpoint)."""
     cluster = load_cluster(cluster_file)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
     env.update(_stage_run(stage, run_dir, tags or {}))
     with tracking._file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
-        job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env)
+        job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))
     ok = True
     try:
         job.results()  # one result per task (rank)
@@ -183,7 +196,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
         _echo(job)
     jobs.mark_done(run_dir, ok)
     if env.get(tracking.ENV_RUN_ID):
-        tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED" if ok else "FAILED")
+        tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED" if ok else "FAILED", run_dir=run_dir)
     return 0 if ok else 1
 
 

@@ -1,9 +1,12 @@
 """Tables 1-4 of the paper rebuilt from the evaluations' metrics files, each reproduced cell beside
-the paper's number, the difference, and the MLflow run behind it."""
+the paper's number, the difference, and the MLflow run behind it (Markdown, CSV, LaTeX); the figures
+(``hmsa.report_figures``); an index; all of it also logged to the pipeline's MLflow parent run."""
 
 from __future__ import annotations
 
 import importlib.resources
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,10 @@ import yaml
 
 from hmsa.evaluation.evaluate import parse_setting
 from hmsa.io import atomic_write_text, read_json
+
+log = logging.getLogger("hmsa.report")
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
 def paper_tables() -> dict[str, Any]:
@@ -105,12 +112,40 @@ def _markdown(title: str, caption: str, df: pd.DataFrame, pipeline: dict, notes:
     return "\n".join(lines) + "\n"
 
 
-def build_report(pipeline_config: Path, results: Path, out: Path) -> list[Path]:
-    """Write ``table{1..4}.{md,csv}`` and ``README.md`` into ``out``; return the paths written."""
-    pipeline = yaml.safe_load(Path(pipeline_config).read_text())
-    paper = paper_tables()
+def _tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex(name: str, caption: str, df: pd.DataFrame) -> str:
+    """A booktabs table; the Δ column header as math so that plain pdflatex builds it."""
+    body = df.astype(object).where(df.notna(), None).rename(columns={"Δ": "HMSADELTA"})
+    tex = body.to_latex(index=False, escape=True, na_rep="--", float_format="%.2f", caption=_tex_escape(caption),
+                        label=f"tab:{name}")
+    return tex.replace("HMSADELTA", r"$\Delta$")
+
+
+def _provenance(df: pd.DataFrame) -> list[str]:
+    """One line per MLflow run behind a table: stage, git commit, data version, SLURM job (from its tags)."""
+    runs = [r for r in dict.fromkeys(df.attrs.get("runs", [])) if r]
+    if not runs or os.environ.get("HMSA_TRACKING", "1") == "0":
+        return []
+    from hmsa.tracking import _client
+
+    lines = ["", "Provenance (MLflow tags of each run):", ""]
+    try:
+        client = _client()
+        for run in runs:
+            t = client.get_run(run).data.tags
+            lines.append(f"- `{run}`: stage `{t.get('hmsa.stage', '?')}`, git `{t.get('hmsa.git_commit', '?')}`, "
+                         f"data `{t.get('hmsa.data_version') or '-'}`, job `{t.get('hmsa.slurm_job_id') or '-'}`")
+    except Exception as exc:  # noqa: BLE001 - the tables stand without it
+        log.warning("provenance lines left out, MLflow not readable: %s", exc)
+        return []
+    return lines
+
+
+def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> list[Path]:
     spec = pipeline["tables"]
-    results, out = Path(results), Path(out)
     builders = {
         "table1": (table1, paper["table1"]["notes"]),
         "table2": (table2, ["Rows 2 and 4 are the teacher and the student: trained with exactly that recipe."]),
@@ -123,25 +158,82 @@ def build_report(pipeline_config: Path, results: Path, out: Path) -> list[Path]:
              for name, (fn, notes) in builders.items() if name in spec}
     written = []
     for name, (df, notes) in built.items():
-        md = out / f"{name}.md"
-        atomic_write_text(md, _markdown(name.replace("table", "Table "), paper[name]["caption"], df, pipeline,
-                                        notes))
-        atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
-        written += [md, out / f"{name}.csv"]
-    index = out / "README.md"
-    atomic_write_text(index, _index(pipeline, results))
-    written.append(index)
+        rows = spec[name] if isinstance(spec[name], list) else [spec[name]]
+        df.attrs["runs"] = [_cell(results, r)["run"] for r in rows]
+        title, caption = name.replace("table", "Table "), paper[name]["caption"]
+        md = _markdown(title, caption, df, pipeline, notes) + "\n".join(_provenance(df))
+        paths = [out / f"{name}.md", out / f"{name}.csv", out / f"{name}.tex"]
+        atomic_write_text(paths[0], md if md.endswith("\n") else md + "\n")
+        atomic_write_text(paths[1], df.to_csv(index=False))
+        atomic_write_text(paths[2], _latex(name, f"{title}: {caption}", df))
+        written += paths
     return written
 
 
-def _index(pipeline: dict, results: Path) -> str:
+def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | None = None) -> list[Path]:
+    """Write ``table{1..4}.{md,csv,tex}``, ``figures/`` and ``README.md`` into ``out``; log them to the
+    pipeline's MLflow parent run; return the paths written. ``runs``: send tracking logs an outage left."""
+    from hmsa import report_figures as figs
+
+    pipeline = yaml.safe_load(Path(pipeline_config).read_text())
+    results, out = Path(results), Path(out)
+    if runs is not None and os.environ.get("HMSA_TRACKING", "1") != "0":
+        from hmsa.tracking import sync
+
+        sync([Path(runs)])  # the curves below read MLflow: send what an outage held back first
+    written = _tables(pipeline, results, out, paper_tables())
+    fig_dir = out / "figures"
+    figures = {"Figure 3: per-scale predictions and attention maps (white = attention close to 1)":
+               figs.figure3(pipeline, results, fig_dir),
+               "Figure 4: image, original coarse label, auto-label (teacher, hard threshold)":
+               figs.figure4(pipeline, results, fig_dir),
+               "Figure 5: image, prediction of the final model, ground truth":
+               figs.figure5(pipeline, results, fig_dir),
+               "Training curves (loss, learning rate) of every training stage, from MLflow":
+               figs.training_curves(pipeline, results, fig_dir)}
+    written += [p for paths in figures.values() for p in paths]
+    index = out / "README.md"
+    atomic_write_text(index, _index(pipeline, results, out, written, figures))
+    written.append(index)
+    _log_to_parent(out, written)
+    return written
+
+
+def _log_to_parent(out: Path, paths: list[Path]) -> None:
+    """The report goes to the parent run of this pipeline invocation (Snakemake sets the id)."""
+    from hmsa import tracking
+
+    invocation = os.environ.get(tracking.ENV_INVOCATION, "")
+    if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
+        return
+    try:
+        exp = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
+        parent = tracking.get_or_create_parent(invocation, exp, {})
+    except Exception as exc:  # noqa: BLE001 - the report files are the product; MLflow is a copy
+        log.warning("report not logged to MLflow (server unreachable?): %s", exc)
+        return
+    tracker = tracking.StageTracker(parent, reopen=False)
+    for p in paths:
+        rel = p.parent.relative_to(out)
+        tracker.log_artifact(p, "report" if str(rel) == "." else f"report/{rel}")
+    tracker.close()
+
+
+def _index(pipeline: dict, results: Path, out: Path, written: list[Path], figures: dict[str, list[Path]]) -> str:
+    what = {"table1": "Table 1: fusion methods on Mapillary val (DeepLabV3+), paper vs ours",
+            "table2": "Table 2: MS attention × auto-labelling ablation on Cityscapes val",
+            "table3": "Table 3: per-class IoU of the final Cityscapes model",
+            "table4": "Table 4: Mapillary val mIoU"}
     lines = ["# Reports", "", f"Generated by `hmsa report` from `{results}/` (pipeline `{pipeline['name']}`).", "",
-             "| file | what it shows |", "|---|---|",
-             "| table1.md / .csv | Table 1: fusion methods on Mapillary val (DeepLabV3+), paper vs ours |",
-             "| table2.md / .csv | Table 2: MS attention × auto-labelling ablation on Cityscapes val |",
-             "| table3.md / .csv | Table 3: per-class IoU of the final Cityscapes model |",
-             "| table4.md / .csv | Table 4: Mapillary val mIoU |",
-             "| benchmarks/ | speed and memory figures written by `benchmarks/*.py` |", "",
-             "Per-scale predictions and attention maps (Figure 3) are under "
-             f"`{results}/<evaluation>/maps/`; each cell's MLflow run id opens the run in `mlflow ui`.", ""]
-    return "\n".join(lines)
+             "| file | what it shows |", "|---|---|"]
+    lines += [f"| {t}.md / .csv / .tex | {w} |" for t, w in what.items() if (out / f"{t}.md") in written]
+    for caption, paths in figures.items():
+        lines += [f"| {p.relative_to(out)} | {caption} |" for p in paths]
+    if (out / "benchmarks").is_dir():
+        lines.append("| benchmarks/ | speed and memory figures written by `benchmarks/*.py` |")
+    missing = [c.split(":")[0] for c, p in figures.items() if not p]
+    lines += ["", "Each table cell names the MLflow run it came from (`mlflow ui`, or `hmsa compare RUN_A RUN_B` "
+              "for two runs' per-class IoU side by side)."]
+    if missing:
+        lines.append(f"Not drawn (their inputs were not produced by this pipeline): {', '.join(missing)}.")
+    return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from hmsa.io import atomic_write
 
 _MEAN = np.array([0.485, 0.456, 0.406])
 _STD = np.array([0.229, 0.224, 0.225])
+TILE_KEY = "hmsa.tile"  # PNG text chunk: "HxW" of one tile of a grid
 
 
 @functools.lru_cache(maxsize=4)
@@ -49,14 +50,31 @@ def _tile(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
 
 
 def save_grid(path: Path, rows: list[list[np.ndarray]], nearest: bool = True) -> None:
-    """Rows of HxWx3 / HxW uint8 tiles, resized to the first tile's size, written atomically as PNG."""
+    """Rows of HxWx3 / HxW uint8 tiles, resized to the first tile's size, written atomically as PNG.
+    The tile size goes into the PNG's text chunk, so a report can cut single tiles out again."""
+    from PIL import PngImagePlugin
+
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
     canvas = np.zeros((h * len(rows), w * cols, 3), dtype=np.uint8)
     for i, row in enumerate(rows):
         for j, tile in enumerate(row):
             canvas[i * h:(i + 1) * h, j * w:(j + 1) * w] = _tile(tile, (h, w), nearest)
-    atomic_write(Path(path), lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG"))
+    info = PngImagePlugin.PngInfo()
+    info.add_text(TILE_KEY, f"{h}x{w}")
+    atomic_write(Path(path), lambda tmp: Image.fromarray(canvas).save(tmp, format="PNG", pnginfo=info))
+
+
+def read_tiles(path: Path, row: int) -> list[np.ndarray]:
+    """The tiles of one row of a grid written by :func:`save_grid` (left to right, padding included)."""
+    with Image.open(path) as img:
+        size = img.info.get(TILE_KEY)
+        if not size:
+            raise ValueError(f"{path}: no '{TILE_KEY}' entry (not written by hmsa.visualize.save_grid)")
+        arr = np.asarray(img.convert("RGB"))
+    h, w = (int(v) for v in size.split("x"))
+    band = arr[row * h:(row + 1) * h]
+    return [band[:, j * w:(j + 1) * w] for j in range(arr.shape[1] // w)]
 
 
 def save_scale_maps(path: Path, image: torch.Tensor, label: torch.Tensor, fused_pred: torch.Tensor,

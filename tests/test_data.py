@@ -4,6 +4,7 @@ coarse labels like the real ones; the loaders map ids the official way."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,42 @@ def test_bad_root_is_one_line(tmp_path: Path) -> None:
         verify("cityscapes", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_dataset("mapillary", tmp_path, "training")
+
+
+def test_mapillary_prepare_resizes_once_and_resumes(embedded_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from hmsa.cli import main
+    from hmsa.data.mapillary import MapillaryDataset
+
+    raw, out = tmp_path / "raw", tmp_path / "prepared"
+    shutil.copytree(embedded_data / "mapillary", raw)  # changed below: not the shared copy
+    argv = ["data", "prepare", "--dataset", "mapillary", "--root", str(raw), "--prepared", str(out),
+            "--long-edge", "96", "--out", str(tmp_path / "m.json")]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["counts"] == {"training": 4, "validation": 2} and manifest["resized_or_copied"] == 6
+    ds, src = MapillaryDataset(out, "validation"), MapillaryDataset(raw, "validation")
+    image, label = ds.load(0)
+    raw_label = src.load(0)[1]
+    assert image.size == (96, 48) and label.shape == (48, 96)  # 64x128 -> long edge 96
+    assert set(np.unique(label)) <= set(np.unique(raw_label))  # nearest: no new (blended) ids
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    assert main(argv) == 0  # cached: nothing redone
+    assert json.loads((tmp_path / "m.json").read_text())["skipped"] == 6
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    # a changed source label is redone, alone
+    Image.fromarray(np.full((64, 128), 13, np.uint8)).save(src.items[0][1])
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["resized_or_copied"] == 1
+    assert (np.asarray(Image.open(ds.items[0][1])) == 13).all()
+
+
+def test_mapillary_prepare_without_resize_copies(embedded_data: Path, tmp_path: Path) -> None:
+    from hmsa.data.prepare import prepare_mapillary, target_size
+
+    assert target_size((4000, 3000), 2177) == (2177, 1633) and target_size((1920, 1080), 0) == (1920, 1080)
+    result = prepare_mapillary(embedded_data / "mapillary", tmp_path / "p", long_edge=0)
+    assert result["counts"] == {"training": 4, "validation": 2}
+    for f in (f for f in (embedded_data / "mapillary").rglob("*") if f.is_file()):
+        assert (tmp_path / "p" / f.relative_to(embedded_data / "mapillary")).read_bytes() == f.read_bytes()

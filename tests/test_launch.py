@@ -66,3 +66,40 @@ def test_failing_stage_returns_nonzero_with_the_reason(tmp_path: Path, monkeypat
     assert code == 1
     err = capsys.readouterr().err
     assert "stage broken failed" in err and "missing.yaml" in err
+
+
+@pytest.mark.slow
+def test_a_local_job_left_running_is_stopped_before_the_stage_runs_again(
+        embedded_data: Path, tmp_path: Path) -> None:
+    """submitit cannot re-attach to a local job from another process: the orphan is stopped, so two
+    trainings never write one run dir, and the new job resumes from the orphan's checkpoint."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hmsa", "submit", "--stage", "orphan", "--run-dir", str(run), "--cluster",
+           str(ROOT / "configs/cluster/local.yaml"), "--", "train", "--config",
+           str(ROOT / "configs/experiments/tiny.yaml"), "--run-dir", str(run),
+           f"data.root={embedded_data / 'cityscapes'}", "train.iterations=400",
+           "train.checkpoint_every=1"]
+    env = {**os.environ, "HMSA_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints/last.pt").exists():
+        assert time.time() < deadline and first.poll() is None, "the first job never checkpointed"
+        time.sleep(0.5)
+    orphan = int(json.loads((run / "job.json").read_text())["job_id"])
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert psutil.pid_exists(orphan)  # the local job outlived its submitter
+    short = [*cmd[:-2], "train.iterations=3", "train.checkpoint_every=1"]  # a changed command: no resume
+    second = subprocess.run(short, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+    assert json.loads((run / "job.json").read_text())["history"][0] == str(orphan)

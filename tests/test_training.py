@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hmsa import config
-from hmsa.training import checkpoint, loop
+from hmsa.training import checkpoint, loop, precision
+from hmsa.training import state as train_state
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/experiments/tiny.yaml"
@@ -29,7 +30,11 @@ def test_train_writes_model_metrics_and_resolved_config(embedded_data: Path, tmp
     assert json.loads((tmp_path / "train.json").read_text())["iterations"] == 4
     assert config.load(run / "config.yaml") == _cfg(embedded_data)
     state = torch.load(checkpoint.last_path(run), weights_only=True)
-    assert state["iteration"] == 4 and "optimizer" in state
+    assert set(state) == set(train_state.KEYS)
+    assert state["iteration"] == 4 and state["optimizer"]["state"]  # momentum buffers
+    assert state["run_key"] == loop.run_key(_cfg(embedded_data)) and state["mlflow_run_id"] == result["mlflow_run_id"]
+    assert state["scaler"] == {} and result["amp"] is False  # CPU: no gradient scaling
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     from mlflow.tracking import MlflowClient  # a standalone run is tracked and ended
 
     client = MlflowClient()
@@ -126,3 +131,100 @@ def test_training_with_rmi_loss(embedded_data: Path, tmp_path: Path) -> None:
     assert result["iterations"] == 2
     state = torch.load(checkpoint.last_path(tmp_path / "r"), weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def _interrupted_then_resumed(cfg: config.Config, run: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Dies in iteration 3 (after the checkpoint of iteration 2), then resumes."""
+    calls = {"n": 0}
+    real = loop.total_loss
+
+    def dies_at_iteration_3(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "total_loss", dies_at_iteration_3)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_training(cfg, run, out)
+    monkeypatch.setattr(loop, "total_loss", real)
+    return loop.run_training(cfg, run, out)
+
+
+def test_amp_sync_bn_and_workers_keep_resume_bit_exact_on_cpu(embedded_data: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """AMP and SyncBN are no-ops on CPU, and loader workers only load samples seeded per sample: an
+    interrupted run with all three, resumed, ends with the plain run's weights bit for bit."""
+    loop.run_training(_cfg(embedded_data), tmp_path / "plain", tmp_path / "plain.pt")
+    cfg = _cfg(embedded_data, "train.amp=true", "train.sync_bn=true", "data.num_workers=2")
+    result = _interrupted_then_resumed(cfg, tmp_path / "run", tmp_path / "run.pt", monkeypatch)
+    assert result["resumed_from"] == 2 and result["amp"] is False and result["sync_bn"] is False
+    a, _ = checkpoint.load_model_file(tmp_path / "plain.pt")
+    b, _ = checkpoint.load_model_file(tmp_path / "run.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_amp_and_sync_bn_config_round_trip(tmp_path: Path) -> None:
+    cfg = config.load(TINY, ["train.amp=true", "train.sync_bn=true"])
+    assert cfg.train.amp and cfg.train.sync_bn and not config.load(TINY).train.amp  # default off
+    config.dump(cfg, tmp_path / "c.yaml")
+    assert config.load(tmp_path / "c.yaml") == cfg
+    paper = config.load(ROOT / "configs/experiments/paper/base.yaml")
+    assert paper.train.amp and paper.train.sync_bn
+    with pytest.raises(config.ConfigError, match="train.amp"):
+        config.load(TINY, ["train.amp=3"])
+
+
+def test_sync_bn_conversion_and_cpu_no_op() -> None:
+    from hmsa.models import build_model
+
+    model = build_model("hrnet_ocr_tiny", 19, attention=True)
+    keys = set(model.state_dict())
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    same, converted = precision.maybe_sync_bn(model, True, torch.device("cpu"), world_size=2)
+    assert same is model and converted is False  # CPU: SyncBatchNorm cannot run, left as is
+    synced = precision.convert_sync_bn(model)
+    assert n_bn > 0 and sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == n_bn
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in synced.modules())
+    assert set(synced.state_dict()) == keys  # checkpoints stay interchangeable
+
+
+def test_precision_is_inert_on_cpu_and_scaler_state_round_trips() -> None:
+    prec = precision.build_precision(True, torch.device("cpu"))
+    assert prec.active is False and prec.state_dict() == {}
+    prec.load_state_dict({})  # a CPU checkpoint resumed anywhere
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.5)
+    with prec.autocast():
+        loss = (w * 3).sum()
+    assert loss.dtype == torch.float32
+    prec.backward_step(loss, opt)
+    assert torch.equal(w.detach(), torch.tensor([-0.5, -0.5]))  # a plain SGD step: 1 - 0.5 * 3
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    random.random(), np.random.randn(), torch.rand(1)
+    checkpoint.save({"rng": train_state.rng_state()}, tmp_path / "r.pt")
+    before = (random.random(), float(np.random.randn()), float(torch.rand(1)))
+    train_state.set_rng_state(torch.load(tmp_path / "r.pt", weights_only=True)["rng"])
+    assert (random.random(), float(np.random.randn()), float(torch.rand(1))) == before
+
+
+def test_progress_bar_on_a_terminal(embedded_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import re
+    import sys
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    loop.run_training(_cfg(embedded_data), tmp_path / "run")
+    out = err.getvalue()
+    assert re.search(r"4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(it/s|s/it), loss=\d+\.\d+", out), out[-300:]

@@ -11,12 +11,16 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.data.errors import MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import CITYSCAPES_CLASSES, IGNORE, cityscapes_label_to_train_lut
 from hmsa.data.transforms import Transform, eval_transform
 
 SPLITS = ("train", "val", "test", "train_extra")
 LABELS = ("fine", "coarse", "autolabel", "none")
 _SUFFIX = "_leftImg8bit.png"
+# labelIds of the official table (0..33; -1 cannot be stored in a PNG); auto-labels hold trainIds or 255
+LABEL_IDS = valid_ids(range(34))
+AUTOLABEL_IDS = valid_ids([*range(19), IGNORE])
 
 
 def cityscapes_stem(path: Path) -> str:
@@ -52,12 +56,13 @@ class CityscapesDataset(Dataset):
         self.transform = transform or eval_transform()
         # auto-labels already hold trainIds: an identity table keeps one code path
         self.lut = np.arange(256, dtype=np.uint8) if labels == "autolabel" else cityscapes_label_to_train_lut()
+        self.valid = AUTOLABEL_IDS if labels == "autolabel" else LABEL_IDS
         img_dir = self.root / "leftImg8bit" / split
         if not img_dir.is_dir():
-            raise FileNotFoundError(f"{img_dir}: Cityscapes image folder not found")
+            raise MissingDataError(img_dir, f"Cityscapes {split!r} split not found (no image folder)")
         images = sorted(img_dir.glob(f"*/*{_SUFFIX}"))
         if not images:
-            raise FileNotFoundError(f"{img_dir}: no *{_SUFFIX} images")
+            raise MissingDataError(img_dir, f"no *{_SUFFIX} images in the {split!r} split")
         self.items: list[tuple[Path, Path | None, str]] = []
         missing = []
         for img in images:
@@ -67,19 +72,20 @@ class CityscapesDataset(Dataset):
                 missing.append(lab)
             self.items.append((img, lab, name))
         if missing:
-            raise FileNotFoundError(f"{missing[0]}: label missing ({len(missing)} of {len(images)} "
-                                    f"{split} images have no {labels} label)")
+            raise MissingDataError(missing[0], f"label missing ({len(missing)} of {len(images)} "
+                                               f"{split} images have no {labels} label)")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
-        """The image and its trainId label (all 255 without labels), before any transform."""
+        """The image and its trainId label (all 255 without labels), before any transform; a corrupt
+        file, a size mismatch or an id outside the table raises a DataError naming the file."""
         img_path, lab_path, _ = self.items[i]
-        image = Image.open(img_path)
+        image = open_image(img_path)
         if lab_path is None:
             return image, np.full((image.height, image.width), IGNORE, np.uint8)
-        return image, self.lut[np.asarray(Image.open(lab_path))]
+        return image, self.lut[open_label(lab_path, self.valid, image.size)]
 
     def __getitem__(self, i: int) -> dict:
         img, lab = self.transform(*self.load(i))

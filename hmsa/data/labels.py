@@ -87,13 +87,15 @@ def cityscapes_train_to_label_lut() -> np.ndarray:
 
 def read_mapillary_config(root: Path) -> list[dict]:
     """``labels`` of a Mapillary Vistas ``config.json``."""
+    from hmsa.data.errors import DataError, MissingDataError
+
     path = Path(root) / "config.json"
     try:
         labels = json.loads(path.read_text())["labels"]
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{path}: Mapillary config.json not found") from exc
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not a Mapillary config.json (needs a 'labels' list)") from exc
+        raise MissingDataError(path, "Mapillary config.json not found") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise DataError(path, "not a Mapillary config.json (needs a 'labels' list)") from exc
     if not isinstance(labels, list) or not all(isinstance(x, dict) and "name" in x for x in labels):
-        raise ValueError(f"{path}: 'labels' must be a list of objects with a 'name'")
+        raise DataError(path, "'labels' must be a list of objects with a 'name'")
     return labels

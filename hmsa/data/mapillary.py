@@ -10,10 +10,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.data.errors import DataError, MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import IGNORE, MAPILLARY_IGNORE, read_mapillary_config
 from hmsa.data.transforms import Transform, eval_transform
 
 SPLITS = ("training", "validation")
+LABEL_IDS = valid_ids(range(66))  # the 66 v1.2 labels
 
 
 class MapillaryDataset(Dataset):
@@ -26,17 +28,19 @@ class MapillaryDataset(Dataset):
         self.root = Path(root)
         labels = read_mapillary_config(self.root)
         if len(labels) != 66:
-            raise ValueError(f"{self.root / 'config.json'}: expected the 66 labels of v1.2, found {len(labels)}")
+            raise DataError(self.root / "config.json", f"expected the 66 labels of v1.2, found {len(labels)}")
         self.class_names = [lab.get("readable", lab["name"]) for lab in labels[:MAPILLARY_IGNORE]]
         self.transform = transform or eval_transform()
         img_dir, lab_dir = self.root / split / "images", self.root / split / "v1.2" / "labels"
-        images = sorted(img_dir.glob("*.jpg")) if img_dir.is_dir() else []
+        if not img_dir.is_dir():
+            raise MissingDataError(img_dir, f"Mapillary {split!r} split not found (no image folder)")
+        images = sorted(img_dir.glob("*.jpg"))
         if not images:
-            raise FileNotFoundError(f"{img_dir}: no Mapillary *.jpg images")
+            raise MissingDataError(img_dir, f"no Mapillary *.jpg images in the {split!r} split")
         self.items = [(p, lab_dir / f"{p.stem}.png", p.stem) for p in images]
         missing = [lab for _, lab, _ in self.items if not lab.is_file()]
         if missing:
-            raise FileNotFoundError(f"{missing[0]}: label missing ({len(missing)} of {len(images)} {split} images)")
+            raise MissingDataError(missing[0], f"label missing ({len(missing)} of {len(images)} {split} images)")
         self.lut = np.arange(256, dtype=np.uint8)
         self.lut[MAPILLARY_IGNORE] = IGNORE
 
@@ -45,7 +49,8 @@ class MapillaryDataset(Dataset):
 
     def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
         img_path, lab_path, _ = self.items[i]
-        return Image.open(img_path), self.lut[np.asarray(Image.open(lab_path))]
+        image = open_image(img_path)
+        return image, self.lut[open_label(lab_path, LABEL_IDS, image.size)]
 
     def __getitem__(self, i: int) -> dict:
         img, lab = self.transform(*self.load(i))

@@ -50,8 +50,11 @@ def image_centroids(label: np.ndarray, num_classes: int, tile: int) -> dict[int,
 def _one(args: tuple[int, str, bytes, int, int]) -> tuple[int, dict[int, list[tuple[int, int]]]]:
     from PIL import Image
 
+    from hmsa.data.errors import read_file
+
     index, path, lut_bytes, num_classes, tile = args
-    label = np.frombuffer(lut_bytes, dtype=np.uint8)[np.asarray(Image.open(path))]
+    raw = read_file(Path(path), "label", lambda p: np.asarray(Image.open(p)))
+    label = np.frombuffer(lut_bytes, dtype=np.uint8)[raw]
     return index, image_centroids(label, num_classes, tile)
 
 

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from hmsa.evaluation.metrics import confusion, summarize
-from hmsa.io import atomic_write_json, atomic_write_text
+from hmsa.io import atomic_write, atomic_write_json, atomic_write_text
 from hmsa.tracking import StageTracker
 from hmsa.training import checkpoint, distributed
 
@@ -81,14 +82,40 @@ def _per_class_csv(class_names: list[str], results: dict[str, dict]) -> str:
     return buf.getvalue()
 
 
+def prediction_path(pred_dir: Path, setting: Setting, dataset: str, name: str) -> Path:
+    """Where ``--save-predictions`` puts one image's prediction: one folder per setting, file names that
+    ``hmsa score`` (and the Cityscapes benchmark) pair with the ground truth."""
+    if dataset == "cityscapes":  # name = <city>/<city>_<seq>_<frame>
+        return Path(pred_dir) / setting.name / f"{name}_pred_labelIds.png"
+    return Path(pred_dir) / setting.name / f"{name}.png"
+
+
+def _save_prediction(path: Path, pred: torch.Tensor, dataset: str) -> None:
+    """Cityscapes: trainIds back to labelIds (what the benchmark expects); Mapillary: class indices."""
+    from PIL import Image
+
+    from hmsa.data.labels import cityscapes_train_to_label_lut
+
+    arr = pred.numpy().astype(np.uint8)
+    if dataset == "cityscapes":
+        arr = cityscapes_train_to_label_lut()[arr]
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
+
+
 def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, settings: list[Setting],
-                   out_dir: Path, max_images: int = 0, save_maps: int = 0) -> dict[str, Any]:
-    """Write ``out_dir/metrics.json`` and ``out_dir/per_class.csv``; return the metrics."""
+                   out_dir: Path, max_images: int = 0, save_maps: int = 0,
+                   save_predictions: Path | None = None) -> dict[str, Any]:
+    """Write ``out_dir/metrics.json`` and ``out_dir/per_class.csv``; return the metrics. With
+    ``save_predictions``, also each image's prediction PNG (see ``prediction_path``)."""
     from hmsa.models.multiscale import predict_multiscale
 
     if not settings:
         raise ValueError("evaluate: give at least one --setting")
     dist = distributed.init_from_env()
+    out_dir = Path(out_dir)
+    if dist.is_main:  # an earlier run's results must not pass for this one's if this one fails
+        for stale in ("metrics.json", "per_class.csv", "confusion.npz"):
+            (out_dir / stale).unlink(missing_ok=True)
     model, meta = load_model(Path(model_path), dist.device)
     ds, n = _dataset(dataset, Path(root), split, max_images)
     c = meta["num_classes"]
@@ -101,7 +128,10 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
             image = sample["image"][None].to(dist.device)
             for s in settings:
                 logits = predict_multiscale(model, image, list(s.scales), s.method, flip=s.flip)
-                confs[s.name] += confusion(logits.argmax(1)[0].cpu(), sample["label"], c)
+                pred = logits.argmax(1)[0].cpu()
+                confs[s.name] += confusion(pred, sample["label"], c)
+                if save_predictions is not None:
+                    _save_prediction(prediction_path(save_predictions, s, dataset, sample["name"]), pred, dataset)
             seen += 1
     for conf in confs.values():
         distributed.all_reduce_sum(conf)
@@ -115,14 +145,20 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
                "model_config_hash": meta.get("config_hash", ""), "seconds": round(time.time() - t0, 2),
                "settings": results}
     if dist.is_main:
-        out_dir = Path(out_dir)
         _log_to_mlflow(metrics, names, out_dir)
         if save_maps > 0:
             _save_maps(model, ds, settings, min(save_maps, n), out_dir / "maps", dataset)
         atomic_write_text(out_dir / "per_class.csv", _per_class_csv(names, results))
-        atomic_write_json(out_dir / "metrics.json", metrics)
+        # the raw matrices (rows = ground truth), for re-analysis without re-running the model
+        atomic_write(out_dir / "confusion.npz", lambda tmp: _save_npz(tmp, confs))
+        atomic_write_json(out_dir / "metrics.json", metrics)  # last: its presence means complete
     distributed.shutdown()
     return metrics
+
+
+def _save_npz(path: Path, confs: dict[str, torch.Tensor]) -> None:
+    with open(path, "wb") as fh:  # a file object: np.savez would append .npz to the temp name
+        np.savez(fh, **{name: conf.numpy() for name, conf in confs.items()})
 
 
 def _log_to_mlflow(metrics: dict, names: list[str], out_dir: Path) -> None:

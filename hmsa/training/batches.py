@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import random
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -100,8 +101,11 @@ class PooledDataset(Dataset):
     def __getitem__(self, key: Key) -> dict:
         pool, idx, seed, cy, cx = key
         # torchvision's random transforms draw from torch's global RNG: fixing it per sample makes
-        # the augmentation independent of worker count and of where the run resumed.
+        # the augmentation independent of worker count and of where the run resumed. Python's and
+        # NumPy's too, for any transform that uses them.
         torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
         base, i = resolve(self.pools[pool], idx)
         image, label = base.load(i)  # type: ignore[attr-defined]
         img, lab = base.transform(image, label, None if cy < 0 else (cy, cx))  # type: ignore[attr-defined]

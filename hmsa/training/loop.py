@@ -1,15 +1,16 @@
 """The training loop (section 5.1): SGD + poly LR per iteration, multi-scale training forward,
-auxiliary loss, DDP, atomic checkpoints, resume from the run directory by default."""
+auxiliary loss, DDP, mixed precision and SyncBN on CUDA, atomic checkpoints, resume from the run
+directory by default, and a save-and-stop on request (``STOP_REQUESTED``, for preemption)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import shutil
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,40 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from hmsa import config as cfgmod
 from hmsa.io import atomic_write_json
 from hmsa.tracking import StageTracker, git_commit
-from hmsa.training import checkpoint, distributed, optim
+from hmsa.training import checkpoint, distributed, optim, precision, state
 from hmsa.training.batches import IterationBatches, PooledDataset
 from hmsa.training.losses import total_loss
+from hmsa.training.precision import Precision
+from hmsa.training.state import run_key
 
 log = logging.getLogger("hmsa.train")
+
+# Set by the job (from another thread, e.g. submitit's ``checkpoint()`` on preemption) to ask the
+# training to save ``last.pt`` at the next iteration boundary and stop by raising ``Preempted``.
+# The loop clears it when it acts on it.
+STOP_REQUESTED = threading.Event()
+
+
+class Preempted(RuntimeError):
+    """The run stopped early on request; ``last.pt`` holds ``iteration`` and resumes it."""
+
+    def __init__(self, iteration: int, path: Path) -> None:
+        super().__init__(f"training stopped on request at iteration {iteration}; checkpoint {path}")
+        self.iteration, self.path = iteration, path
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """Data-loader ``worker_init_fn``: Python and NumPy seeded from the worker's torch seed (which the
+    loader derives from its seeded generator); torch alone does not seed them."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def _cap(ds: Dataset, n: int) -> Dataset:
@@ -81,36 +105,6 @@ def pool_centroids(cfg: cfgmod.Config, pools: list[Dataset], run_dir: Path) -> l
     return tables
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def run_key(cfg: cfgmod.Config) -> str:
-    """What a checkpoint must match to be resumed: the resolved config and the init weights' content.
-    A stale run dir (config or upstream model changed) is set aside, never silently continued."""
-    blob: dict[str, Any] = {"config": cfgmod.to_dict(cfg)}
-    if cfg.model.init:
-        blob["init"] = _file_digest(Path(cfg.model.init))
-    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _resume_state(run_dir: Path, key: str, resume: bool) -> dict | None:
-    last = checkpoint.last_path(run_dir)
-    if not last.exists():
-        return None
-    state = checkpoint.load(last)
-    if resume and state.get("run_key") == key:
-        return state
-    stale = run_dir / f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}"
-    log.warning("setting aside %s (%s)", last.parent, "--no-resume" if not resume else "config changed")
-    shutil.move(str(last.parent), stale)
-    return None
-
-
 class _TrainForward(nn.Module):
     """Wraps the multi-scale training forward so DDP sees one forward per backward."""
 
@@ -138,10 +132,24 @@ def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str]) -> dict[s
             "config_hash": cfgmod.config_hash(cfg)}
 
 
-def _save(run_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, it: int, key: str,
-          tracker: StageTracker) -> None:
-    checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-                     "run_key": key, "mlflow_run_id": tracker.run_id or ""}, checkpoint.last_path(run_dir))
+@dataclass
+class _Run:
+    """The objects one training run threads through its loop."""
+
+    cfg: cfgmod.Config
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    precision: Precision
+    dist: distributed.DistInfo
+    run_dir: Path
+    key: str
+    tracker: StageTracker
+
+    def save(self, iteration: int) -> None:
+        """``last.pt`` from rank 0 (every rank holds the same weights under DDP)."""
+        if self.dist.is_main:
+            checkpoint.save(state.training_state(self.model, self.opt, self.precision, iteration, self.key,
+                                                 self.tracker.run_id or ""), checkpoint.last_path(self.run_dir))
 
 
 def _init_weights(model: nn.Module, path: str) -> None:
@@ -152,37 +160,46 @@ def _init_weights(model: nn.Module, path: str) -> None:
 
 def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = None,
                  out_metrics: Path | None = None, resume: bool = True) -> dict[str, Any]:
-    """Train (or resume) the run in ``run_dir``; export the final model and a metrics JSON."""
+    """Train (or resume) the run in ``run_dir``; export the final model and a metrics JSON.
+
+    Raises ``Preempted`` (after saving ``last.pt``) when ``STOP_REQUESTED`` is set during training."""
     dist = distributed.init_from_env()
     run_dir = Path(run_dir)
     seed_everything(cfg.seed)
     pools, num_classes, names = build_pools(cfg)
-    model = _build(cfg, num_classes, dist.device)
+    model, sync_bn = precision.maybe_sync_bn(_build(cfg, num_classes, dist.device), cfg.train.sync_bn,
+                                            dist.device, dist.world_size)
+    prec = precision.build_precision(cfg.train.amp, dist.device)
     key = run_key(cfg)
-    state = _resume_state(run_dir, key, resume) if dist.is_main else None
-    distributed.barrier()
-    if dist.world_size > 1:  # non-zero ranks read what rank 0 decided to keep
-        last = checkpoint.last_path(run_dir)
-        state = checkpoint.load(last) if (last.exists() and not dist.is_main) else state
+    saved = state.load_for_resume(run_dir, key, resume, dist)
     opt = optim.build_sgd(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+    start = 0
+    if saved is not None:
+        start = state.restore(saved, model, opt, prec)
     elif cfg.model.init:
         _init_weights(model, cfg.model.init)
-    start = int(state["iteration"]) if state else 0
     tracker = StageTracker.from_env()
     if dist.is_main:
         cfgmod.dump(cfg, run_dir / "config.yaml")
         tracker.log_params(cfgmod.flatten(cfgmod.to_dict(cfg)))
         tracker.set_tags({"hmsa.config_hash": cfgmod.config_hash(cfg), "hmsa.git_commit": git_commit(),
-                          "hmsa.run_dir": str(run_dir.resolve())})
+                          "hmsa.run_dir": str(run_dir.resolve()), "hmsa.amp": str(prec.active),
+                          "hmsa.sync_bn": str(sync_bn)})
     t0 = time.time()
     centroids = pool_centroids(cfg, pools, run_dir)
-    _loop(cfg, model, opt, pools, centroids, start, dist, run_dir, key, tracker)
+    run = _Run(cfg, model, opt, prec, dist, run_dir, key, tracker)
+    try:
+        _loop(run, pools, centroids, start)
+    except Preempted:
+        if tracker.owned:  # a stage run stays open for the requeued job; a standalone one ends KILLED
+            tracker.finish("KILLED")
+        tracker.flush()
+        distributed.shutdown()
+        raise
     seconds = time.time() - t0
     result = {"iterations": cfg.train.iterations, "resumed_from": start, "train_seconds": round(seconds, 2),
-              "mlflow_run_id": tracker.run_id or "", "config_hash": cfgmod.config_hash(cfg)}
+              "mlflow_run_id": tracker.run_id or "", "config_hash": cfgmod.config_hash(cfg),
+              "amp": prec.active, "sync_bn": sync_bn}
     if dist.is_main:
         if out_model is not None:
             checkpoint.save({"model": model.state_dict(), "meta": model_meta(cfg, num_classes, names)},
@@ -194,51 +211,106 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     return result
 
 
-def _loop(cfg: cfgmod.Config, model: nn.Module, opt: torch.optim.Optimizer, pools: list[Dataset],
-          centroids: list[dict | None], start: int, dist: distributed.DistInfo, run_dir: Path, key: str,
-          tracker: StageTracker) -> None:
-    t = cfg.train
+def _loader(cfg: cfgmod.Config, pools: list[Dataset], centroids: list[dict | None], start: int,
+            dist: distributed.DistInfo) -> DataLoader:
+    batches = IterationBatches(cfg.seed, [len(p) for p in pools], cfg.data.extra_pool_probability,
+                               cfg.train.batch_size, start, cfg.train.iterations, dist.rank, dist.world_size,
+                               centroids, cfg.data.class_uniform_fraction)
+    # The generator fixes the workers' base seed (otherwise drawn from the global RNG, which would make
+    # the main process's random stream depend on the worker count).
+    return DataLoader(PooledDataset(pools), batch_sampler=batches, num_workers=cfg.data.num_workers,
+                      worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _step(run: _Run, fwd: nn.Module, batch: dict, it: int) -> dict[str, float]:
+    t = run.cfg.train
+    optim.set_lr(run.opt, optim.poly_lr(t.lr, it, t.iterations, t.poly_power, t.warmup_iterations))
+    images = batch["image"].to(run.dist.device, non_blocking=True)
+    target = batch["label"].to(run.dist.device, non_blocking=True)
+    with run.precision.autocast():
+        out = fwd(images)
+    # The loss runs in float32 outside autocast (RMI needs float64 for its covariances anyway).
+    out = {k: _as_float(v) for k, v in out.items()}
+    loss, terms = total_loss(out, target, t.loss, t.aux_weight, t.scale_supervision_weight)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at iteration {it}: {terms}")
+    run.opt.zero_grad(set_to_none=True)
+    run.precision.backward_step(loss, run.opt)
+    return terms
+
+
+def _as_float(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.float()
+    if isinstance(v, dict):
+        return {k: _as_float(x) for k, x in v.items()}
+    return v
+
+
+def _loop(run: _Run, pools: list[Dataset], centroids: list[dict | None], start: int) -> None:
+    cfg, dist, t = run.cfg, run.dist, run.cfg.train
     total = t.iterations
     if start >= total:
         return
-    batches = IterationBatches(cfg.seed, [len(p) for p in pools], cfg.data.extra_pool_probability,
-                               t.batch_size, start, total, dist.rank, dist.world_size, centroids,
-                               cfg.data.class_uniform_fraction)
-    loader = DataLoader(PooledDataset(pools), batch_sampler=batches, num_workers=cfg.data.num_workers)
-    fwd: nn.Module = _TrainForward(model, t.method, t.scales)
+    loader = _loader(cfg, pools, centroids, start, dist)
+    fwd: nn.Module = _TrainForward(run.model, t.method, t.scales)
     if dist.world_size > 1:
         fwd = nn.parallel.DistributedDataParallel(fwd, find_unused_parameters=True)
-    model.train()
-    tick, images_seen = time.time(), 0
+    run.model.train()
+    meter = _Meter(time.time(), 0)
     bar = _progress(start, total, dist.is_main)
-    for it, batch in zip(range(start, total), loader, strict=True):
-        optim.set_lr(opt, optim.poly_lr(t.lr, it, total, t.poly_power, t.warmup_iterations))
-        images = batch["image"].to(dist.device, non_blocking=True)
-        target = batch["label"].to(dist.device, non_blocking=True)
-        out = fwd(images)
-        loss, terms = total_loss(out, target, t.loss, t.aux_weight, t.scale_supervision_weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {it}: {terms}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        images_seen += images.shape[0] * dist.world_size
-        done = it + 1
+    try:
+        for it, batch in zip(range(start, total), loader, strict=True):
+            terms = _step(run, fwd, batch, it)
+            done = it + 1
+            meter.images += batch["image"].shape[0] * dist.world_size
+            if bar is not None:  # postfix first without a redraw: update() redraws at most every 0.5 s
+                bar.set_postfix(loss=f"{terms['loss/total']:.3f}", lr=f"{run.opt.param_groups[0]['lr']:.2e}",
+                                refresh=False)
+                bar.update(1)
+            if dist.is_main and (done % t.log_every == 0 or done == total):
+                _log(run, meter, terms, done, quiet=bar is not None)
+            periodic = done % t.checkpoint_every == 0 or done == total
+            if periodic:
+                run.save(done)
+            if done < total and _stop_requested(dist):
+                if not periodic:
+                    run.save(done)
+                distributed.barrier()
+                STOP_REQUESTED.clear()  # consumed: a later run in this process starts normally
+                raise Preempted(done, checkpoint.last_path(run.run_dir))
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss/total']:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        if dist.is_main and (done % t.log_every == 0 or done == total):
-            rate = images_seen / max(time.time() - tick, 1e-9)
-            eta = (total - done) * t.batch_size * dist.world_size / max(rate, 1e-9)
-            log.info("it %d/%d  loss %.4f  lr %.5f  %.1f img/s  eta %ds", done, total, terms["loss/total"],
-                     opt.param_groups[0]["lr"], rate, eta)
-            tracker.log_metrics({**terms, "lr": opt.param_groups[0]["lr"], "images_per_s": rate,
-                                 "memory/peak_mb": _peak_memory_mb(dist.device)}, step=done)
-            tick, images_seen = time.time(), 0
-        if dist.is_main and (done % t.checkpoint_every == 0 or done == total):
-            _save(run_dir, model, opt, done, key, tracker)
-    if bar is not None:
-        bar.close()
+            bar.close()
+
+
+@dataclass
+class _Meter:
+    tick: float
+    images: int
+
+
+def _log(run: _Run, meter: _Meter, terms: dict[str, float], done: int, quiet: bool = False) -> None:
+    """MLflow metrics, and a log line unless the progress bar already shows it (``quiet``)."""
+    total, lr = run.cfg.train.iterations, run.opt.param_groups[0]["lr"]
+    rate = meter.images / max(time.time() - meter.tick, 1e-9)
+    eta = (total - done) * run.cfg.train.batch_size * run.dist.world_size / max(rate, 1e-9)
+    log.log(logging.DEBUG if quiet else logging.INFO, "it %d/%d  loss %.4f  lr %.5f  %.1f img/s  eta %ds",
+            done, total, terms["loss/total"], lr, rate, eta)
+    run.tracker.log_metrics({**terms, "lr": lr, "images_per_s": rate,
+                             "memory/peak_mb": _peak_memory_mb(run.dist.device)}, step=done)
+    meter.tick, meter.images = time.time(), 0
+
+
+def _stop_requested(dist: distributed.DistInfo) -> bool:
+    """Whether any rank was asked to stop. submitit signals only rank 0, and every rank must stop at
+    the same iteration (a rank that goes on would wait forever in the next gradient all-reduce)."""
+    flag = STOP_REQUESTED.is_set()
+    if dist.world_size > 1:
+        t = torch.tensor([int(flag)], device=dist.device)
+        distributed.all_reduce_sum(t)
+        flag = bool(t.item() > 0)
+    return flag
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -256,4 +328,8 @@ def _progress(start: int, total: int, main: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=start, unit="it", file=sys.stderr, ncols=100, mininterval=0.5)
+    # tqdm hides a bar that does not fit the terminal's height, and a pty with no size set (script,
+    # docker exec) reports 0 rows: shutil falls back to 24 rows there.
+    rows = shutil.get_terminal_size().lines
+    return tqdm(total=total, initial=start, unit="it", file=sys.stderr, ncols=100, nrows=max(rows, 2),
+                mininterval=0.5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,9 +30,10 @@ def _train_argv(run: Path, data: Path, iterations: int, *extra: str, log_every: 
             f"train.iterations={iterations}", "train.checkpoint_every=2", f"train.log_every={log_every}", *extra]
 
 
-def _start_submit(stage: str, run: Path, cluster: Path, argv: list[str], cwd: Path) -> subprocess.Popen:
+def _start_submit(stage: str, run: Path, cluster: Path, argv: list[str], cwd: Path,
+                  expect: tuple[Path, ...] = ()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hmsa", "submit", "--stage", stage, "--kind", "train", "--run-dir", str(run),
-           "--cluster", str(cluster), "--", *argv]
+           "--cluster", str(cluster), *[a for p in expect for a in ("--expect", str(p))], "--", *argv]
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -79,22 +81,37 @@ def test_reattach_after_the_submitter_is_killed(slurm_cluster: dict, uid: str, e
     cluster, run = cluster_file(tmp_path), tmp_path / "run"
     argv = _train_argv(run, embedded_data, 60)
     stage = f"reattach_{uid}"
-    first = _start_submit(stage, run, cluster, argv, tmp_path)
+    outputs = (run / "model.pt", run / "train.json")  # what the Snakemake rule would --expect
+    first = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
     job_id = _running_job(run)
     first.send_signal(signal.SIGKILL)  # the head node dies; the job goes on
     first.wait(timeout=30)
     assert squeue_state(job_id) == "RUNNING"
-    second = _start_submit(stage, run, cluster, argv, tmp_path)
+    second = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
     out, err = second.communicate(timeout=900)
     assert second.returncode == 0, out + err
     assert f"re-attached to job {job_id}" in err
     assert [j["id"] for j in sacct_jobs(f"hmsa-{stage}")] == [job_id]  # one submission
     wait_until(lambda: sacct_jobs(f"hmsa-{stage}")[0]["state"] == "COMPLETED", 60, "COMPLETED")
     assert json.loads((run / "train.json").read_text())["resumed_from"] == 0  # never restarted
-    # A third call collects the finished job instead of submitting again.
-    third = _start_submit(stage, run, cluster, argv, tmp_path)
+    # A third call collects the finished job, its outputs being there, instead of submitting again ...
+    third = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
     assert third.wait(timeout=300) == 0
     assert len(sacct_jobs(f"hmsa-{stage}")) == 1
+    # ... also after Snakemake deleted the outputs of the rule it re-runs: the job kept them.
+    (run / "train.json").unlink()
+    fourth = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
+    assert fourth.wait(timeout=300) == 0
+    assert len(sacct_jobs(f"hmsa-{stage}")) == 1
+    assert json.loads((run / "train.json").read_text())["resumed_from"] == 0
+    # A job whose outputs cannot be put back is run again; it resumes from the final checkpoint.
+    (run / "train.json").unlink()
+    shutil.rmtree(run / "collected")
+    fifth = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
+    assert fifth.wait(timeout=300) == 0
+    assert len(sacct_jobs(f"hmsa-{stage}")) == 2
+    assert json.loads((run / "train.json").read_text())["resumed_from"] == 60
+    assert len(json.loads((run / "job.json").read_text())["history"]) == 2
 
 
 def test_timeout_requeues_and_resumes_in_the_same_mlflow_run(slurm_cluster: dict, uid: str, embedded_data: Path,

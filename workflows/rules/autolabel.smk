@@ -16,13 +16,16 @@ for _name, _st in config.get("autolabel", {}).items():
             run_dir=f"{RUNS}/{_name}",
             labels=autolabel_dir(_name),
             cluster=CLUSTER,
+            expect=expect_args,
             overrides=["data.dataset=cityscapes", f"data.root={dataset_root('cityscapes')}"],
+            versioning=versioning_mode(),
         resources:
             **stage_resources(_name, "autolabel"),
         log:
             f"logs/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind autolabel --run-dir {params.run_dir:q} "
-            "--cluster {params.cluster:q} -- autolabel --config {input.experiment:q} "
+            "--cluster {params.cluster:q} {params.expect:q} -- autolabel --config {input.experiment:q} "
             "--model {input.teacher:q} --out-dir {params.labels:q} --manifest {output.manifest:q} "
-            "{params.overrides:q} > {log:q} 2>&1"
+            "{params.overrides:q} > {log:q} 2>&1 && "
+            "hmsa version add --mode {params.versioning:q} {params.labels:q} {output.manifest:q} >> {log:q} 2>&1"

@@ -45,11 +45,21 @@ def stage_resources(stage, kind):
     }
 
 
+def expect_args(wildcards, output):
+    """`--expect` for every declared output: `hmsa submit` collects an already finished job (after the
+    head node died) only with all of them, putting back any that Snakemake deleted before re-running."""
+    return [a for o in output for a in ("--expect", o)]
+
+
 def experiment(path):
     return str(ROOT / path)
 
 
 def dataset_root(dataset):
+    """What training, evaluation and auto-labelling read: Cityscapes as it is, Mapillary as the resized
+    copy (long edge 2177, section 5.1) that `prepare_mapillary` writes; `config["data"]` names the raw roots."""
+    if dataset == "mapillary":
+        return f"{RUNS}/prepare_mapillary/data"  # a cache outside declared outputs: survives a failed job
     return config["data"][dataset]
 
 
@@ -87,14 +97,23 @@ def report_outputs():
     ]
 
 
+def close_tracking(status):
+    """Send what stages logged while the tracking server was unreachable, then close the invocation's
+    MLflow parent run if a stage opened one. A tracking outage never fails the pipeline: what is
+    still pending stays in runs/*/mlflow-wal/ for `hmsa track --sync runs`."""
+    marker = Path(f".hmsa/invocations/{os.environ['HMSA_INVOCATION_ID']}")
+    if not marker.exists():
+        return
+    try:
+        shell("hmsa track --sync {RUNS:q} --invocation {os.environ[HMSA_INVOCATION_ID]:q} "
+              "--experiment {os.environ[HMSA_MLFLOW_EXPERIMENT]:q} --status {status:q}")
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal
+        print(f"hmsa: MLflow not fully updated ({exc}); run `hmsa track --sync {RUNS}` later", file=sys.stderr)
+
+
 onsuccess:
-    # Close the invocation's MLflow parent run if a stage opened one (nothing to do otherwise).
-    if Path(f".hmsa/invocations/{os.environ['HMSA_INVOCATION_ID']}").exists():
-        shell("hmsa track --invocation {os.environ[HMSA_INVOCATION_ID]:q} "
-              "--experiment {os.environ[HMSA_MLFLOW_EXPERIMENT]:q} --status FINISHED")
+    close_tracking("FINISHED")
 
 
 onerror:
-    if Path(f".hmsa/invocations/{os.environ['HMSA_INVOCATION_ID']}").exists():
-        shell("hmsa track --invocation {os.environ[HMSA_INVOCATION_ID]:q} "
-              "--experiment {os.environ[HMSA_MLFLOW_EXPERIMENT]:q} --status FAILED")
+    close_tracking("FAILED")

@@ -1,4 +1,6 @@
-# The report: Tables 1-4 beside the paper's numbers, from the evaluations' metrics files.
+# The report: Tables 1-4 beside the paper's numbers (Markdown, CSV, LaTeX) from the evaluations'
+# metrics files, the figures, and reports/README.md; also logged to the invocation's MLflow parent run.
+# Figures are not declared: which ones exist depends on the config (save_maps, auto-labelling).
 
 
 rule report:
@@ -7,13 +9,15 @@ rule report:
         train=expand(f"{RESULTS}/{{name}}/train.json", name=list(config["train"])),
         autolabel=[autolabel_manifest(n) for n in config.get("autolabel", {})],
     output:
-        report_outputs(),
+        tables=[f"{REPORTS}/{t}.{ext}" for t in config["tables"] for ext in ("md", "csv", "tex")],
+        index=f"{REPORTS}/README.md",
     params:
         pipeline=workflow.configfiles[-1],
         results=RESULTS,
+        runs=RUNS,
         out=REPORTS,
     log:
         "logs/report.log",
     shell:
         "hmsa report --pipeline-config {params.pipeline:q} --results {params.results:q} "
-        "--out {params.out:q} > {log:q} 2>&1"
+        "--runs {params.runs:q} --out {params.out:q} > {log:q} 2>&1"

@@ -29,13 +29,16 @@ for _name, _st in config["train"].items():
             stage=_name,
             run_dir=f"{RUNS}/{_name}",
             cluster=CLUSTER,
+            expect=expect_args,
             overrides=train_overrides(_name),
+            versioning=versioning_mode(),
         resources:
             **stage_resources(_name, "train"),
         log:
             f"logs/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind train --run-dir {params.run_dir:q} "
-            "--cluster {params.cluster:q} -- train --config {input.experiment:q} "
+            "--cluster {params.cluster:q} {params.expect:q} -- train --config {input.experiment:q} "
             "--run-dir {params.run_dir:q} --out-model {output.model:q} --out-metrics {output.metrics:q} "
-            "{params.overrides:q} > {log:q} 2>&1"
+            "{params.overrides:q} > {log:q} 2>&1 && "
+            "hmsa version add --mode {params.versioning:q} {output.model:q} {output.metrics:q} >> {log:q} 2>&1"

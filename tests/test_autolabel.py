@@ -1,0 +1,57 @@
+"""Auto-labelling sharded across independent jobs (a SLURM array or --shard i/n): each shard writes
+only its images, and the manifest appears when the last shard is done, equal to a single run's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_evaluate import write_model
+
+from hmsa.autolabel import resolve_shard
+from hmsa.cli import main
+from hmsa.data.labels import CITYSCAPES_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _autolabel(data: Path, model: Path, out: Path, manifest: Path, *extra: str) -> int:
+    return main(["autolabel", "--config", str(ROOT / "configs/experiments/tiny.yaml"), "--model", str(model),
+                 "--out-dir", str(out), "--manifest", str(manifest), f"data.root={data / 'cityscapes'}",
+                 "autolabel.scales=[0.5,1.0]", "autolabel.threshold=0.1", *extra])
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+
+
+def test_two_shards_one_after_the_other_equal_one_run(embedded_data: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HMSA_TRACKING", "0")
+    model = write_model(tmp_path / "teacher.pt", 19, CITYSCAPES_CLASSES, bias=CITYSCAPES_CLASSES.index("sky"))
+    assert _autolabel(embedded_data, model, tmp_path / "one", tmp_path / "one.json") == 0
+    single = json.loads((tmp_path / "one.json").read_text())
+    assert single["images"] == 3
+
+    sharded, manifest = tmp_path / "sharded", tmp_path / "sharded.json"
+    assert _autolabel(embedded_data, model, sharded, manifest, "--shard", "0/2") == 0
+    assert len(_pngs(sharded)) == 2 and not manifest.exists()  # images 0 and 2 only; not complete yet
+    # the second shard comes from a SLURM array whose ids start at 1 (--array=1-2)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert _autolabel(embedded_data, model, sharded, manifest) == 0
+    merged = json.loads(manifest.read_text())
+    assert merged.pop("labels_dir") == str(sharded) and single.pop("labels_dir") == str(tmp_path / "one")
+    assert merged == single
+    assert _pngs(sharded) == _pngs(tmp_path / "one")
+
+
+def test_shard_resolution() -> None:
+    assert resolve_shard(None, {}) == (0, 1)
+    assert resolve_shard("1/4", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (1, 4)
+    assert resolve_shard(None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+    for bad in ("4/4", "x/2", "1"):
+        with pytest.raises(ValueError, match="--shard"):
+            resolve_shard(bad, {})

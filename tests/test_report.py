@@ -1,0 +1,139 @@
+"""`hmsa report` on generated results: every cell equals the metrics file it came from, the LaTeX and
+CSV agree with it, the figures are real PNGs, the index lists them, and the parent run gets a copy."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from hmsa import tracking
+from hmsa.data.labels import CITYSCAPES_CLASSES
+from hmsa.evaluation.evaluate import parse_setting
+from hmsa.io import atomic_write_json
+from hmsa.report import build_report
+from hmsa.visualize import read_tiles, save_scale_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _metrics(rng: np.random.Generator, settings: list[str], run: str) -> dict:
+    out = {}
+    for s in settings:
+        per_class = {c: float(rng.uniform(0, 1)) for c in CITYSCAPES_CLASSES}
+        per_class[CITYSCAPES_CLASSES[3]] = None  # a class absent from the split
+        vals = [v for v in per_class.values() if v is not None]
+        out[parse_setting(s).name] = {"miou": float(np.mean(vals)), "per_class": per_class}
+    return {"dataset": "cityscapes", "split": "val", "images": 2, "settings": out, "mlflow_run_id": run}
+
+
+def _results(tmp: Path, data: Path, pipeline: dict) -> Path:
+    """metrics.json per evaluation (random numbers), Figure 3 grids, an auto-label stage, a train run."""
+    from mlflow.tracking import MlflowClient
+
+    rng = np.random.default_rng(7)
+    results = tmp / "results"
+    client = MlflowClient()
+    exp = tracking.ensure_experiment("report-test")
+    for name, ev in pipeline["evaluate"].items():
+        run = client.create_run(exp, tags={"hmsa.stage": name, "hmsa.git_commit": "abc123"}).info.run_id
+        atomic_write_json(results / name / "metrics.json", _metrics(rng, ev["settings"], run))
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):  # the final model's attention grids (what evaluate's save_maps writes)
+        per_scale = {s: {"logits": torch.randn(1, 19, 16, 32, generator=g), "attn": torch.rand(1, 1, 16, 32)}
+                     for s in (0.5, 1.0)}
+        save_scale_maps(results / "evaluate_student/maps" / f"{i:03d}_h.png", torch.randn(3, 32, 64, generator=g),
+                        torch.randint(0, 19, (32, 64), generator=g), torch.randint(0, 19, (32, 64), generator=g),
+                        per_scale, "cityscapes")
+    names = sorted(p.relative_to(data / "cityscapes/gtCoarse/train_extra").as_posix()[: -len("_gtCoarse_labelIds.png")]
+                   for p in (data / "cityscapes/gtCoarse/train_extra").rglob("*_labelIds.png"))[:2]
+    labels = tmp / "runs/autolabel/labels"
+    for n in names:
+        (labels / "train_extra" / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 19, (64, 128), dtype=np.uint8)).save(
+            labels / "train_extra" / f"{n}_gtCoarse_labelIds.png")
+    atomic_write_json(results / "autolabel/manifest.json", {"split": "train_extra", "labels_dir": str(labels),
+                                                            "per_image": {n: 0.5 for n in names}})
+    run = client.create_run(exp).info.run_id
+    for step in range(1, 6):
+        client.log_metric(run, "loss/total", 2.0 / step, step=step)
+        client.log_metric(run, "lr", 0.01 * (1 - step / 6), step=step)
+    atomic_write_json(results / "cityscapes_teacher/train.json", {"mlflow_run_id": run})
+    return results
+
+
+@pytest.fixture
+def built(embedded_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, dict, list]:
+    monkeypatch.chdir(tmp_path)
+    pipeline = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
+    pipeline["data"]["cityscapes"] = str(embedded_data / "cityscapes")
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(yaml.safe_dump(pipeline))
+    results = _results(tmp_path, embedded_data, pipeline)
+    monkeypatch.setenv(tracking.ENV_INVOCATION, "inv-report")
+    monkeypatch.setenv(tracking.ENV_EXPERIMENT, "report-test")
+    written = build_report(cfg, results, tmp_path / "reports", tmp_path / "runs")
+    return results, tmp_path / "reports", pipeline, written
+
+
+def test_cells_equal_the_metrics_files(built: tuple) -> None:
+    results, out, pipeline, _ = built
+    for table in ("table1", "table2"):
+        with open(out / f"{table}.csv", newline="") as fh:
+            cells = list(csv.DictReader(fh))
+        tex = (out / f"{table}.tex").read_text()
+        assert len(cells) == len(pipeline["tables"][table])
+        for row, cell in zip(pipeline["tables"][table], cells, strict=True):
+            m = json.loads((results / row["evaluation"] / "metrics.json").read_text())
+            miou = 100 * m["settings"][parse_setting(row["setting"]).name]["miou"]
+            assert float(cell["ours mIoU"]) == pytest.approx(miou, abs=0.005)
+            assert float(cell["Δ"]) == pytest.approx(miou - float(cell["paper mIoU"]), abs=0.01)
+            assert cell["MLflow run"] == m["mlflow_run_id"] != ""
+            assert f"{float(cell['ours mIoU']):.2f}" in tex
+    spec = pipeline["tables"]["table3"]
+    m = json.loads((results / spec["evaluation"] / "metrics.json").read_text())
+    per_class = m["settings"][parse_setting(spec["setting"]).name]["per_class"]
+    with open(out / "table3.csv", newline="") as fh:
+        rows = {r["class"].replace("_", " "): r for r in csv.DictReader(fh)}
+    for name, v in per_class.items():
+        got = rows[name]["ours IoU"]
+        assert (got == "" if v is None else float(got) == pytest.approx(100 * v, abs=0.005))
+    md = (out / "table3.md").read_text()
+    assert "stage `evaluate_student`, git `abc123`" in md  # provenance from the run's tags
+
+
+def test_latex_figures_index_and_parent_run(built: tuple) -> None:
+    from mlflow.tracking import MlflowClient
+
+    results, out, _, written = built
+    tex = (out / "table1.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 1 and r"$\Delta$" in tex and "\\bottomrule" in tex
+    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "figure5_qualitative.png" in figs and "training_curves.png" in figs
+    assert any(f.startswith("figure3_evaluate_student") for f in figs)
+    assert any(f.startswith("figure4_autolabel") for f in figs)
+    for p in (out / "figures").glob("*.png"):
+        with Image.open(p) as img:
+            img.verify()
+            assert img.format == "PNG"
+    # Figure 5 rows are image | prediction | ground truth, cut from the Figure 3 grids
+    grid = read_tiles(results / "evaluate_student/maps/000_h.png", 0)
+    fig5 = read_tiles(out / "figures/figure5_qualitative.png", 0)
+    assert np.array_equal(fig5[1], grid[2]) and np.array_equal(fig5[2], grid[1])
+    curves = (out / "figures/training_curves.csv").read_text().splitlines()
+    assert "cityscapes_teacher,loss/total,5,0.4" in curves
+    index = (out / "README.md").read_text()
+    for p in written:
+        if p.name != "README.md":
+            assert str(p.relative_to(out)) in index or p.stem.split(".")[0] in index
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("report-test").experiment_id
+    (parent,) = client.search_runs([exp], "tags.`hmsa.invocation` = 'inv-report'")
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/table1.tex", "report/README.md", "report/figures"} <= logged
