@@ -1,11 +1,13 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks complete."""
+"""Atomic file writes (a crash never leaves a half-written file that looks complete) and host-wide locks."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,17 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path}: file not found") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+@contextlib.contextmanager
+def file_lock(name: str) -> Iterator[None]:
+    """An exclusive lock shared by every ``hmsa`` process on this host (``HMSA_LOCK_DIR``, default
+    ``.hmsa/locks``): serialises MLflow run creation, submissions of one stage, and DVC commands."""
+    lock_dir = Path(os.environ.get("HMSA_LOCK_DIR", ".hmsa/locks"))
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

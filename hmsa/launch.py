@@ -24,7 +24,7 @@ from typing import Any
 
 from hmsa import jobs, tracking
 from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
-from hmsa.io import atomic_write_json
+from hmsa.io import atomic_write_json, file_lock
 
 __all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
 
@@ -183,7 +183,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
     env.update(_stage_run(stage, run_dir, tags or {}))
-    with tracking._file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
+    with file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
         job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))
     ok = True
     try:

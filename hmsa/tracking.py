@@ -7,17 +7,15 @@ requeued or resumed job continues in the same run and concurrent jobs never race
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hmsa import tracking_buffer as wal
+from hmsa.io import file_lock
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -43,18 +41,6 @@ def _client() -> Any:
     return MlflowClient()
 
 
-@contextlib.contextmanager
-def _file_lock(name: str) -> Iterator[None]:
-    """Serialise run creation across concurrent ``hmsa submit`` processes on one head node."""
-    lock_dir = Path(os.environ.get("HMSA_LOCK_DIR", ".hmsa/locks"))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
 
 def git_commit(cwd: Path | None = None) -> str:
     """The current commit (with ``-dirty`` when the work tree differs), or ``unknown``."""
@@ -70,7 +56,7 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def ensure_experiment(name: str) -> str:
     """Create the experiment once (under a lock) and return its id."""
-    with _file_lock("experiment"):
+    with file_lock("experiment"):
         client = _client()
         exp = client.get_experiment_by_name(name)
         if exp is not None:
@@ -80,7 +66,7 @@ def ensure_experiment(name: str) -> str:
 
 def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
     """The parent run of one pipeline invocation; created by whichever stage submits first."""
-    with _file_lock("parent"):
+    with file_lock("parent"):
         client = _client()
         found = client.search_runs([experiment_id], f"tags.`hmsa.invocation` = '{invocation}'",
                                    max_results=1)

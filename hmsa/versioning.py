@@ -14,19 +14,16 @@ order, all newer than the checkout: the DAG then skips the stages that made them
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
 
-from hmsa.io import atomic_write_text
+from hmsa.io import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +37,6 @@ _LOCK_SLEEP_S = 2.0
 class VersioningError(RuntimeError):
     pass
 
-
-@contextlib.contextmanager
-def _file_lock(name: str) -> Iterator[None]:
-    """One DVC command at a time across concurrent stages on this host (DVC locks its repo)."""
-    lock_dir = Path(os.environ.get("HMSA_LOCK_DIR", ".hmsa/locks"))
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def dvc_root(start: Path | None = None) -> Path | None:
@@ -154,7 +139,7 @@ def record(paths: list[Path], push: bool = True) -> list[Path]:
             continue
         todo.append(p)
     written = []
-    with _file_lock("dvc"):
+    with file_lock("dvc"):
         for p in todo:
             dvcfile = dvcfile_for(root, p)
             _write_stub(root, p, dvcfile)
@@ -234,7 +219,7 @@ def pull(paths: list[Path] | None = None) -> list[Path]:
         return []
     outs = {f: _output(root, f) for f in dvcfiles}
     before = {f: _signature(o) for f, o in outs.items()}
-    with _file_lock("dvc"):
+    with file_lock("dvc"):
         _dvc(root, "pull", "--quiet", *map(str, dvcfiles))
     restored = [(int((_read(f).get("meta") or {}).get(META_KEY, 0)), o)
                 for f, o in outs.items() if _signature(o) != before[f]]

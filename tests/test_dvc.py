@@ -186,7 +186,9 @@ def _tiny_project(repo: Path) -> Path:
 
 VERSIONED = ["data/embedded", "results/prepare_cityscapes/manifest.json", "results/prepare_mapillary/manifest.json",
              "results/mapillary_pretrain/model.pt", "results/mapillary_pretrain/train.json",
+             "results/mapillary_pretrain/curves.csv",
              "results/cityscapes_teacher/model.pt", "results/cityscapes_teacher/train.json",
+             "results/cityscapes_teacher/curves.csv",
              "runs/autolabel/labels", "results/autolabel/manifest.json",
              "results/evaluate_mapillary/metrics.json", "results/evaluate_mapillary/per_class.csv"]
 STAGES = {"embedded_data", "prepare_cityscapes", "prepare_mapillary", "mapillary_pretrain",

@@ -54,6 +54,7 @@ def test_stop_request_saves_and_resume_is_bit_exact(embedded_data: Path, tmp_pat
     monkeypatch.setattr(loop, "total_loss", real)
     result = loop.run_training(cfg, tmp_path / "run", tmp_path / "run.pt")
     assert result["resumed_from"] == 2
+    assert result["mlflow_run_id"] == saved["mlflow_run_id"] != ""  # the resumed run logs where it left off
     a, _ = checkpoint.load_model_file(tmp_path / "straight.pt")
     b, _ = checkpoint.load_model_file(tmp_path / "run.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -228,3 +228,17 @@ def test_progress_bar_on_a_terminal(embedded_data: Path, tmp_path: Path, monkeyp
     loop.run_training(_cfg(embedded_data), tmp_path / "run")
     out = err.getvalue()
     assert re.search(r"4/4 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(it/s|s/it), loss=\d+\.\d+", out), out[-300:]
+
+
+def test_curve_export_keeps_the_last_row_of_each_step(tmp_path: Path) -> None:
+    """A resumed run logs again the steps after its checkpoint; a killed job may leave a torn line."""
+    from hmsa.training import curves
+
+    for step, loss in ((1, 3.0), (2, 2.5), (3, 2.4), (2, 2.6), (3, 2.2), (4, 2.0)):
+        curves.append(tmp_path, step, loss, 0.01)
+    with open(tmp_path / curves.FILE, "a") as fh:
+        fh.write("5,1.9")  # torn: no lr, no newline
+    out = curves.export(tmp_path, tmp_path / "out.csv", total=4)
+    lines = out.read_text().splitlines()
+    assert lines[0] == "step,loss,lr"
+    assert [ln.split(",")[:2] for ln in lines[1:]] == [["1", "3"], ["2", "2.6"], ["3", "2.2"], ["4", "2"]]

@@ -5,6 +5,7 @@ directory by default, and a save-and-stop on request (``STOP_REQUESTED``, for pr
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import sys
@@ -21,8 +22,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from hmsa import config as cfgmod
 from hmsa.io import atomic_write_json
-from hmsa.tracking import StageTracker, git_commit
-from hmsa.training import checkpoint, distributed, optim, precision, state
+from hmsa.tracking import ENV_RUN_ID, StageTracker, git_commit
+from hmsa.training import checkpoint, curves, distributed, optim, precision, state
 from hmsa.training.batches import IterationBatches, PooledDataset
 from hmsa.training.losses import total_loss
 from hmsa.training.precision import Precision
@@ -158,6 +159,24 @@ def _init_weights(model: nn.Module, path: str) -> None:
     log.info("initialised from %s; not transferred: %d tensors (%s...)", path, len(skipped), skipped[:3])
 
 
+def _tracker(saved: dict[str, Any] | None) -> StageTracker:
+    """The stage's run (handed over by ``hmsa submit``); for a standalone ``hmsa train`` that resumes,
+    the run its checkpoint was logging to, when the tracking store still has it; else a new run."""
+    previous = str((saved or {}).get("mlflow_run_id") or "")
+    if previous and not os.environ.get(ENV_RUN_ID) and os.environ.get("HMSA_TRACKING", "1") != "0":
+        try:
+            from hmsa.tracking import _client
+
+            _client().get_run(previous)
+        except Exception:  # noqa: BLE001 - another store, a deleted run, an outage: start a new run
+            log.warning("MLflow run %s of the checkpoint not found: logging to a new run", previous)
+        else:
+            tracker = StageTracker(previous)
+            tracker.owned = True  # standalone: this process ends the run, as if it had created it
+            return tracker
+    return StageTracker.from_env()
+
+
 def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = None,
                  out_metrics: Path | None = None, resume: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; export the final model and a metrics JSON.
@@ -178,7 +197,7 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
         start = state.restore(saved, model, opt, prec)
     elif cfg.model.init:
         _init_weights(model, cfg.model.init)
-    tracker = StageTracker.from_env()
+    tracker = _tracker(saved)
     if dist.is_main:
         cfgmod.dump(cfg, run_dir / "config.yaml")
         tracker.log_params(cfgmod.flatten(cfgmod.to_dict(cfg)))
@@ -205,6 +224,7 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
             checkpoint.save({"model": model.state_dict(), "meta": model_meta(cfg, num_classes, names)},
                             Path(out_model))
         if out_metrics is not None:
+            curves.export(run_dir, Path(out_metrics).parent / curves.FILE, cfg.train.iterations)
             atomic_write_json(Path(out_metrics), result)
         tracker.close()
     distributed.shutdown()
@@ -299,6 +319,7 @@ def _log(run: _Run, meter: _Meter, terms: dict[str, float], done: int, quiet: bo
             done, total, terms["loss/total"], lr, rate, eta)
     run.tracker.log_metrics({**terms, "lr": lr, "images_per_s": rate,
                              "memory/peak_mb": _peak_memory_mb(run.dist.device)}, step=done)
+    curves.append(run.run_dir, done, terms["loss/total"], lr)
     meter.tick, meter.images = time.time(), 0
 
 

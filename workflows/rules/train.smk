@@ -25,6 +25,7 @@ for _name, _st in config["train"].items():
         output:
             model=f"{RESULTS}/{_name}/model.pt",
             metrics=f"{RESULTS}/{_name}/train.json",
+            curves=f"{RESULTS}/{_name}/curves.csv",
         params:
             stage=_name,
             run_dir=f"{RUNS}/{_name}",
@@ -41,4 +42,5 @@ for _name, _st in config["train"].items():
             "--cluster {params.cluster:q} {params.expect:q} -- train --config {input.experiment:q} "
             "--run-dir {params.run_dir:q} --out-model {output.model:q} --out-metrics {output.metrics:q} "
             "{params.overrides:q} > {log:q} 2>&1 && "
-            "hmsa version add --mode {params.versioning:q} {output.model:q} {output.metrics:q} >> {log:q} 2>&1"
+            "hmsa version add --mode {params.versioning:q} {output.model:q} {output.metrics:q} {output.curves:q} "
+            ">> {log:q} 2>&1"
