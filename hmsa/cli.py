@@ -84,7 +84,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from hmsa import config
-    from hmsa.evaluation.evaluate import Setting, parse_setting, run_evaluation
+    from hmsa.evaluation.evaluate import run_evaluation
+    from hmsa.evaluation.settings import Setting, parse_setting
 
     cfg = config.load(a.config, a.overrides)
     settings = [parse_setting(s) for s in a.setting] or [

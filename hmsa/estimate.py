@@ -72,7 +72,7 @@ def _median_time(fn: Any, steps: int) -> float:
 
 def measure(item: dict, classes: int, scale: float, steps: int, model_cfg: cfgmod.Config) -> float:
     """Seconds per unit (training iteration on one GPU, or one image) at the configured size."""
-    from hmsa.evaluation.evaluate import parse_setting
+    from hmsa.evaluation.settings import parse_setting
     from hmsa.models import build_model
     from hmsa.models.multiscale import forward_train, predict_multiscale
 

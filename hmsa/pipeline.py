@@ -26,7 +26,7 @@ def _schema_errors(config: dict, schema_path: Path) -> list[str]:
 
 
 def _reference_errors(config: dict) -> list[str]:
-    from hmsa.evaluation.evaluate import parse_setting
+    from hmsa.evaluation.settings import parse_setting
 
     train, autolabel, evaluate = config["train"], config.get("autolabel") or {}, config["evaluate"]
     out = []

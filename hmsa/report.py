@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from hmsa.evaluation.evaluate import parse_setting
+from hmsa.evaluation.settings import parse_setting
 from hmsa.io import atomic_write_text, read_json
 
 log = logging.getLogger("hmsa.report")

@@ -143,9 +143,12 @@ def record(paths: list[Path], push: bool = True) -> list[Path]:
         for p in todo:
             dvcfile = dvcfile_for(root, p)
             _write_stub(root, p, dvcfile)
-            # --no-relink: the workspace files stay exactly as the stage wrote them (same mtime).
-            _dvc(root, "commit", "--force", "--no-relink", "--quiet", str(dvcfile))
             written.append(dvcfile)
+        if written:
+            # One `dvc commit` for all (each DVC start costs about a second). --no-relink: the
+            # workspace files stay exactly as the stage wrote them (same mtime).
+            _dvc(root, "commit", "--force", "--no-relink", "--quiet", *map(str, written))
+        for p, dvcfile in zip(todo, written, strict=True):
             log.info("versioned %s (%s) in %s", p, data_version(p), dvcfile.relative_to(root))
         if push and written:
             remote = default_remote(root)

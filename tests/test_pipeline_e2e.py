@@ -68,7 +68,7 @@ def test_whole_dag_runs_and_is_tracked(tmp_path: Path) -> None:
 
     cfg = yaml.safe_load(pipeline.read_text())
     # Every table cell comes from the metrics file of the evaluation it names.
-    from hmsa.evaluation.evaluate import parse_setting
+    from hmsa.evaluation.settings import parse_setting
 
     for table in ("table1", "table2"):
         with open(work / "reports" / f"{table}.csv", newline="") as fh:

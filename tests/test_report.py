@@ -15,7 +15,7 @@ from PIL import Image
 
 from hmsa import tracking
 from hmsa.data.labels import CITYSCAPES_CLASSES
-from hmsa.evaluation.evaluate import parse_setting
+from hmsa.evaluation.settings import parse_setting
 from hmsa.io import atomic_write_json
 from hmsa.report import build_report
 from hmsa.visualize import read_tiles, save_scale_maps

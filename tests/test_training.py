@@ -89,7 +89,8 @@ def test_init_from_another_model_transfers_matching_tensors() -> None:
 
 
 def test_evaluation_counts_every_image_once(embedded_data: Path, tmp_path: Path) -> None:
-    from hmsa.evaluation.evaluate import parse_setting, run_evaluation
+    from hmsa.evaluation.evaluate import run_evaluation
+    from hmsa.evaluation.settings import parse_setting
 
     loop.run_training(_cfg(embedded_data), tmp_path / "run", tmp_path / "m.pt")
     settings = [parse_setting("hierarchical:0.25,0.5,1,2:flip"), parse_setting("maxpool:0.5,1")]

@@ -10,7 +10,6 @@ import csv
 import io
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +18,12 @@ import torch
 from torch import nn
 
 from hmsa.evaluation.metrics import confusion, summarize
+from hmsa.evaluation.settings import Setting
 from hmsa.io import atomic_write, atomic_write_json, atomic_write_text
 from hmsa.tracking import StageTracker
 from hmsa.training import checkpoint, distributed
 
 log = logging.getLogger("hmsa.evaluate")
-
-METHODS = ("single", "avgpool", "maxpool", "explicit", "hierarchical")
-
-
-@dataclass(frozen=True)
-class Setting:
-    method: str
-    scales: tuple[float, ...]
-    flip: bool = False
-
-    @property
-    def name(self) -> str:
-        scales = "-".join(f"{s:g}" for s in self.scales)
-        return f"{self.method}_{scales}" + ("_flip" if self.flip else "")
-
-
-def parse_setting(text: str) -> Setting:
-    """``method:s1,s2,...[:flip]``, e.g. ``hierarchical:0.25,0.5,1,2:flip``."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or parts[0] not in METHODS or (len(parts) == 3 and parts[2] != "flip"):
-        raise ValueError(f"--setting {text!r}: expected METHOD:SCALES[:flip], METHOD one of {METHODS}")
-    try:
-        scales = tuple(sorted(float(s) for s in parts[1].split(",")))
-    except ValueError as exc:
-        raise ValueError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
-    if 1.0 not in scales or min(scales) <= 0:
-        raise ValueError(f"--setting {text!r}: scales must be positive and include 1.0")
-    return Setting(parts[0], scales, len(parts) == 3)
-
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     from hmsa.models import build_model
