@@ -72,6 +72,40 @@ def resolve_shard(shard: str | None = None, env: dict[str, str] | None = None) -
     return 0, 1
 
 
+_STAMP = "hmsa-autolabel"  # PNG text chunk: which teacher weights and settings made the label
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_label(tmp: Path, label: np.ndarray, made_by: str) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(_STAMP, made_by)
+    Image.fromarray(label).save(tmp, format="PNG", pnginfo=info)
+
+
+def _reusable(path: Path, made_by: str) -> np.ndarray | None:
+    """The label already written for this image by the same teacher weights and settings (resume), or
+    None. A label from another teacher or threshold is made again, never silently reused: retraining
+    the teacher keeps its path but changes its weights. Writes are atomic, so a file is complete."""
+    if not path.exists():
+        return None
+
+    def read(p: Path) -> tuple[np.ndarray, str]:
+        with Image.open(p) as img:
+            return np.asarray(img), img.text.get(_STAMP, "")  # type: ignore[attr-defined]
+
+    label, stamp = read_file(path, "auto-label", read)
+    return label if stamp == made_by else None
+
+
 def _part_path(out_dir: Path, key: str, k: int, total: int) -> Path:
     # the parameters' hash in the name: parts of an earlier run with other settings are never merged
     return Path(out_dir) / f".manifest-{key}-part{k:04d}-of-{total:04d}.json"
@@ -94,18 +128,19 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     n = len(ds) if max_images <= 0 else min(max_images, len(ds))
     c = meta["num_classes"]
     k, total = shard[0] * dist.world_size + dist.rank, shard[1] * dist.world_size
-    params = {"threshold": threshold, "method": method, "scales": scales, "flip": flip, "split": split,
-              "teacher": str(model_path), "images": n, "parts": total}
+    labelling = {"threshold": threshold, "method": method, "scales": scales, "flip": flip,
+                 "teacher_sha256": _digest(Path(model_path))}
+    made_by = hashlib.sha256(json.dumps(labelling, sort_keys=True).encode()).hexdigest()[:16]
+    params = {**labelling, "split": split, "teacher": str(model_path), "images": n, "parts": total}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     shard_images: dict[str, Any] = {}
     for i in range(k, n, total):
         name = ds.items[i][2]
         path = label_path(out_dir, split, name)
-        if path.exists():  # resumable: atomic writes mean an existing file is complete
-            label = read_file(path, "auto-label", lambda p: np.asarray(Image.open(p)))
-        else:
+        label = _reusable(path, made_by)
+        if label is None:
             label = _label_one(model, ds[i]["image"].to(dist.device), method, scales, flip, threshold)
-            atomic_write(path, lambda tmp, arr=label: Image.fromarray(arr).save(tmp, format="PNG"))
+            atomic_write(path, lambda tmp, arr=label: _save_label(tmp, arr, made_by))
         frac, counts = _stats(label, c)
         shard_images[name] = {"labelled_fraction": frac, "class_pixels": counts}
     atomic_write_json(_part_path(out_dir, key, k, total), {"params": params, "images": shard_images})

@@ -55,3 +55,24 @@ def test_shard_resolution() -> None:
     for bad in ("4/4", "x/2", "1"):
         with pytest.raises(ValueError, match="--shard"):
             resolve_shard(bad, {})
+
+
+def test_labels_of_another_teacher_or_threshold_are_made_again(embedded_data: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming skips finished images, but only those made by the same teacher weights and settings:
+    a retrained teacher keeps its path, and a changed threshold must change the labels."""
+    monkeypatch.setenv("HMSA_TRACKING", "0")
+    model = write_model(tmp_path / "teacher.pt", 19, CITYSCAPES_CLASSES, bias=CITYSCAPES_CLASSES.index("sky"))
+    out = tmp_path / "labels"
+    assert _autolabel(embedded_data, model, out, tmp_path / "m.json") == 0
+    first = _pngs(out)
+    assert _autolabel(embedded_data, model, out, tmp_path / "m.json") == 0
+    assert _pngs(out) == first  # same teacher and settings: reused as they are
+    assert _autolabel(embedded_data, model, out, tmp_path / "m.json", "autolabel.threshold=0.999") == 0
+    assert _autolabel(embedded_data, model, tmp_path / "fresh", tmp_path / "f.json",
+                      "autolabel.threshold=0.999") == 0
+    assert _pngs(out) == _pngs(tmp_path / "fresh") != first  # relabelled, as a fresh run would
+    write_model(model, 19, CITYSCAPES_CLASSES, bias=CITYSCAPES_CLASSES.index("road"))  # retrained, same path
+    assert _autolabel(embedded_data, model, out, tmp_path / "m.json") == 0
+    assert _autolabel(embedded_data, model, tmp_path / "fresh2", tmp_path / "f2.json") == 0
+    assert _pngs(out) == _pngs(tmp_path / "fresh2") != first
