@@ -153,17 +153,17 @@ def attach(rec: dict[str, Any], executor: str, argv: list[str], expect: list[Pat
     None (submit anew).
 
     A live job whose command differs from ``argv`` (the stage's config changed) is cancelled first."""
-    if rec.get("executor") == "local" or executor == "local":
+    if rec.get("executor") != "slurm":
         # submitit cannot re-attach to a local job from another process: stop it, the stage resumes
         # from its checkpoint in the new job.
-        if rec.get("executor") == "local" and rec.get("job_id"):
+        if rec.get("job_id"):
             _kill_local(rec["job_id"])
         return None
     name = f"hmsa-{rec['stage']}"
     state = slurm_state(rec["job_id"], name)
     live = state in LIVE_STATES
-    if rec.get("argv") != list(argv):
-        if live:
+    if executor != "slurm" or rec.get("argv") != list(argv):
+        if live:  # another command, or the stage moved off SLURM: never two live jobs
             _cancel(rec)
         return None
     expect = [Path(p).resolve() for p in expect]
