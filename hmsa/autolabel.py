@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from hmsa.data.errors import read_file
-from hmsa.io import atomic_write, atomic_write_json, read_json
+from hmsa.io import atomic_write, atomic_write_json, file_sha256, read_json
 from hmsa.tracking import StageTracker
 from hmsa.training import distributed
 
@@ -75,13 +75,6 @@ def resolve_shard(shard: str | None = None, env: dict[str, str] | None = None) -
 _STAMP = "hmsa-autolabel"  # PNG text chunk: which teacher weights and settings made the label
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _save_label(tmp: Path, label: np.ndarray, made_by: str) -> None:
     from PIL.PngImagePlugin import PngInfo
@@ -129,7 +122,7 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     c = meta["num_classes"]
     k, total = shard[0] * dist.world_size + dist.rank, shard[1] * dist.world_size
     labelling = {"threshold": threshold, "method": method, "scales": scales, "flip": flip,
-                 "teacher_sha256": _digest(Path(model_path))}
+                 "teacher_sha256": file_sha256(Path(model_path))}
     made_by = hashlib.sha256(json.dumps(labelling, sort_keys=True).encode()).hexdigest()[:16]
     params = {**labelling, "split": split, "teacher": str(model_path), "images": n, "parts": total}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hmsa import config as cfgmod
+from hmsa.io import file_sha256
 from hmsa.training import checkpoint, distributed
 from hmsa.training.precision import Precision
 
@@ -80,20 +81,13 @@ def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Opti
     return int(state["iteration"])
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def run_key(cfg: cfgmod.Config) -> str:
     """What a checkpoint must match to be resumed: the resolved config and the init weights' content.
     A stale run dir (config or upstream model changed) is set aside, never silently continued."""
     blob: dict[str, Any] = {"config": cfgmod.to_dict(cfg)}
     if cfg.model.init:
-        blob["init"] = _file_digest(Path(cfg.model.init))
+        blob["init"] = file_sha256(Path(cfg.model.init))
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
