@@ -127,8 +127,9 @@ def test_timeout_requeues_and_resumes_in_the_same_mlflow_run(slurm_cluster: dict
     submitit.SlurmJob(folder=str(run / "submitit/%j"), job_id=job_id)._interrupt(timeout=True)
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out + err
-    log = (run / f"submitit/{job_id}/{job_id}_0_log.err").read_text()
-    assert "Requeued job" in log or "requeue" in log.lower()
+    folder = run / f"submitit/{job_id}"
+    log = (folder / f"{job_id}_0_log.err").read_text() + (folder / f"{job_id}_0_log.out").read_text()
+    assert f"Requeued job {job_id}" in log  # submitit's own requeue, not a new submission
     result = json.loads((run / "train.json").read_text())
     assert 0 < result["resumed_from"] < 80  # the requeued job continued from the saved iteration
     assert restarts(job_id) >= 1
@@ -158,5 +159,5 @@ def test_two_task_ddp_stage(slurm_cluster: dict, uid: str, embedded_data: Path, 
     assert outcomes == ["success", "success"]  # both SLURM tasks ran the stage to the end
     for t in (0, 1):
         text = (folder / f"{job_id}_{t}_log.err").read_text() + (folder / f"{job_id}_{t}_log.out").read_text()
-        assert f"global_rank={t}(2)" in text or f"rank={t}" in text  # submitit's env: a rank of 2
+        assert f"global_rank={t}(2)" in text  # submitit's env: rank t of 2
     assert torch.load(run / "model.pt", weights_only=True)["model"]  # rank 0 exported the model
