@@ -79,6 +79,9 @@ class TrainConfig:
     scale_supervision_weight: float = 0.0  # per-scale supervision (paper: 0.05)
     checkpoint_every: int = 50
     log_every: int = 10
+    # BatchNorm running statistics in multi-scale training: "scale_1" = only the 1.0 forward updates
+    # them (ours, hmsa/models/multiscale.py); "every_scale" = every forward does (the authors' code).
+    bn_stats: str = "scale_1"
     # Mixed precision (torch.autocast float16 + GradScaler) and SyncBatchNorm under DDP: CUDA only.
     # Off by default; the paper recipe turns both on. On CPU they are a logged no-op, so one config
     # runs anywhere (the resume key does not depend on the device).
@@ -120,6 +123,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "data.extra_pool": ("none", "coarse", "autolabel"),
     "train.method": ("single", "avgpool", "explicit", "hierarchical"),
     "train.loss": ("cross_entropy", "rmi"),
+    "train.bn_stats": ("scale_1", "every_scale"),
     "eval.method": ("single", "avgpool", "maxpool", "explicit", "hierarchical"),
     "autolabel.method": ("single", "avgpool", "maxpool", "explicit", "hierarchical"),
 }
@@ -227,6 +231,12 @@ def validate(cfg: Config, source: str = "config") -> None:
                         ("autolabel.scales", cfg.autolabel.scales)):
         if not scales or min(scales) <= 0:
             raise ConfigError(f"{source}: '{key}' must be a non-empty list of positive scales")
+
+
+def explicit_scales(cfg: Config) -> tuple[float, ...] | None:
+    """The scale set of Chen et al.'s joint attention head, fixed when the model is built: the
+    training scales of an explicit-attention run, None for every other run."""
+    return tuple(sorted(cfg.train.scales)) if cfg.train.method == "explicit" else None
 
 
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

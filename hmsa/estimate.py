@@ -77,7 +77,7 @@ def measure(item: dict, classes: int, scale: float, steps: int, model_cfg: cfgmo
     from hmsa.models.multiscale import forward_train, predict_multiscale
 
     m = model_cfg.model
-    model = build_model(m.name, classes, attention=m.attention)
+    model = build_model(m.name, classes, attention=m.attention, explicit_scales=cfgmod.explicit_scales(model_cfg))
     if item["kind"] == "train":
         t = item["cfg"].train
         h, w = (max(32, round(v * scale)) for v in item["cfg"].data.crop)

@@ -29,7 +29,8 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, A
     from hmsa.models import build_model
 
     weights, meta = checkpoint.load_model_file(path)
-    model = build_model(meta["name"], meta["num_classes"], attention=meta["attention"])
+    model = build_model(meta["name"], meta["num_classes"], attention=meta["attention"],
+                        explicit_scales=tuple(meta.get("explicit_scales") or ()) or None)
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
 

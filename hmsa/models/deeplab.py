@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmsa.models.backbones import pad_to_multiple, resnet_os8_trunk, upsample_crop
-from hmsa.models.heads import SegHead, attention_head, conv_bn_relu
+from hmsa.models.heads import JointScaleAttention, SegHead, attention_head, conv_bn_relu
 
 
 class ASPP(nn.Module):
@@ -32,7 +32,7 @@ class ASPP(nn.Module):
 class DeepLabV3Plus(nn.Module):
     def __init__(self, num_classes: int, trunk: str = "resnet50", aspp: int = 256, low: int = 48,
                  decoder: int = 256, head_mid: int = 256, attention: bool = True, pretrained: bool = False,
-                 weights: str | None = None) -> None:
+                 weights: str | None = None, explicit_scales: tuple[float, ...] | None = None) -> None:
         super().__init__()
         self.trunk = resnet_os8_trunk(trunk, pretrained, weights)
         c_low, c_high = self.trunk.channels
@@ -40,7 +40,11 @@ class DeepLabV3Plus(nn.Module):
         self.low_proj = nn.Sequential(*conv_bn_relu(c_low, low, 1))
         self.decoder = nn.Sequential(*conv_bn_relu(aspp + low, decoder, 3), *conv_bn_relu(decoder, decoder, 3))
         self.seg_head = SegHead(decoder, head_mid, num_classes)
-        self.attn_head = attention_head(decoder, head_mid) if attention else None
+        # attention=True: the hierarchical head (one sigmoid map per forward), or with explicit_scales
+        # Chen et al.'s joint head, which reads the features of every scale at once (multiscale.py).
+        explicit = attention and bool(explicit_scales)
+        self.attn_head = attention_head(decoder, head_mid) if attention and not explicit else None
+        self.scale_attn = JointScaleAttention(decoder, head_mid, tuple(explicit_scales or ())) if explicit else None
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -53,4 +57,6 @@ class DeepLabV3Plus(nn.Module):
         out = {"logits": upsample_crop(self.seg_head(dec), padded, size)}
         if self.attn_head is not None:
             out["attn_logit"] = upsample_crop(self.attn_head(dec), padded, size)
+        # the head input on the unpadded region (stride 4), for the joint scale attention
+        out["features"] = dec[..., : -(-size[0] // 4), : -(-size[1] // 4)]
         return out

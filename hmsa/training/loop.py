@@ -109,14 +109,14 @@ def pool_centroids(cfg: cfgmod.Config, pools: list[Dataset], run_dir: Path) -> l
 class _TrainForward(nn.Module):
     """Wraps the multi-scale training forward so DDP sees one forward per backward."""
 
-    def __init__(self, model: nn.Module, method: str, scales: list[float]) -> None:
+    def __init__(self, model: nn.Module, method: str, scales: list[float], bn_stats: str) -> None:
         super().__init__()
-        self.model, self.method, self.scales = model, method, scales
+        self.model, self.method, self.scales, self.bn_stats = model, method, scales, bn_stats
 
     def forward(self, images: torch.Tensor) -> dict:
         from hmsa.models.multiscale import forward_train
 
-        return forward_train(self.model, images, self.method, self.scales)
+        return forward_train(self.model, images, self.method, self.scales, self.bn_stats)
 
 
 def _build(cfg: cfgmod.Config, num_classes: int, device: torch.device) -> nn.Module:
@@ -124,12 +124,13 @@ def _build(cfg: cfgmod.Config, num_classes: int, device: torch.device) -> nn.Mod
 
     m = cfg.model
     return build_model(m.name, num_classes, pretrained=m.pretrained, weights=m.weights or None,
-                       attention=m.attention).to(device)
+                       attention=m.attention, explicit_scales=cfgmod.explicit_scales(cfg)).to(device)
 
 
 def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str]) -> dict[str, Any]:
     return {"name": cfg.model.name, "num_classes": num_classes, "attention": cfg.model.attention,
             "dataset": cfg.data.dataset, "class_names": names, "train_method": cfg.train.method,
+            "explicit_scales": list(cfgmod.explicit_scales(cfg) or []),
             "config_hash": cfgmod.config_hash(cfg)}
 
 
@@ -273,7 +274,7 @@ def _loop(run: _Run, pools: list[Dataset], centroids: list[dict | None], start: 
     if start >= total:
         return
     loader = _loader(cfg, pools, centroids, start, dist)
-    fwd: nn.Module = _TrainForward(run.model, t.method, t.scales)
+    fwd: nn.Module = _TrainForward(run.model, t.method, t.scales, t.bn_stats)
     if dist.world_size > 1:
         fwd = nn.parallel.DistributedDataParallel(fwd, find_unused_parameters=True)
     run.model.train()
