@@ -6,7 +6,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
-from hmsa.pipeline import check  # one-line errors naming the config file and the key
+from hmsa.pipeline import check, expand_seeds  # one-line errors naming the file and the key
 
 min_version("9.0")
 
@@ -20,6 +20,10 @@ if not workflow.configfiles:
 
 check(config, os.path.join(workflow.basedir, "workflows/schemas/pipeline.schema.yaml"), workflow.configfiles)
 validate(config, "workflows/schemas/pipeline.schema.yaml")
+# One training stage per seed (`seeds:`), with the auto-labels and evaluations that depend on it.
+_expanded = expand_seeds(config)
+config.clear()
+config.update(_expanded)
 
 
 include: "workflows/rules/common.smk"

@@ -59,3 +59,52 @@ def check(config: dict, schema_path: Path, sources: list[str]) -> None:
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise PipelineConfigError(f"{source}: {errors[0]}{more}")
+
+
+def seed_stage(base: str, seed: int) -> str:
+    """The stage name of ``base`` trained with ``seed``: seed 0 keeps the plain name."""
+    return base if seed == 0 else f"{base}_seed{seed}"
+
+
+def expand_seeds(config: dict) -> dict:
+    """One training stage per seed in ``config["seeds"]`` (default [0]) for every training stage whose
+    ``per_seed`` is not false, with what depends on it: its auto-labelling (the teacher of seed k makes
+    the labels that the stages of seed k train on), the stages it initialises, its evaluations. A stage
+    with ``per_seed: false`` runs once, with the first seed (and the first seed's inputs).
+    Returns a new config; ``seed_runs`` maps each evaluation of the original config to its per-seed
+    evaluations (the tables' rows name the original ones)."""
+    seeds = list(config.get("seeds") or [0])
+    train, autolabel = config["train"], config.get("autolabel") or {}
+    # which seeds each stage runs with; an auto-labelling stage runs with its teacher's seeds
+    runs_with: dict[str, list[int]] = {n: seeds if st.get("per_seed", True) else seeds[:1]
+                                        for n, st in train.items()}
+    for n, st in autolabel.items():
+        runs_with[n] = runs_with[st["teacher"]]
+
+    def ref(base: str, seed: int) -> str:
+        return seed_stage(base, seed if seed in runs_with[base] else runs_with[base][0])
+
+    out = {k: v for k, v in config.items() if k not in ("train", "autolabel", "evaluate")}
+    out["seeds"] = seeds
+    out["train"], out["autolabel"], out["evaluate"], out["seed_runs"] = {}, {}, {}, {}
+    for name, st in train.items():
+        for seed in runs_with[name]:
+            new = {k: v for k, v in st.items() if k != "per_seed"} | {"seed": seed}
+            for key in ("init", "autolabels"):
+                if st.get(key):
+                    new[key] = ref(st[key], seed)
+            out["train"][seed_stage(name, seed)] = new
+    for name, st in autolabel.items():
+        for seed in runs_with[name]:
+            out["autolabel"][seed_stage(name, seed)] = {**st, "teacher": ref(st["teacher"], seed)}
+    for name, ev in config["evaluate"].items():
+        names = []
+        for seed in runs_with[ev["model"]]:
+            out["evaluate"][seed_stage(name, seed)] = {**ev, "model": ref(ev["model"], seed)}
+            names.append(seed_stage(name, seed))
+        out["seed_runs"][name] = names
+    clash = set(out["train"]) & set(out["evaluate"]) | set(out["train"]) & set(out["autolabel"])
+    if len(out["train"]) + len(out["autolabel"]) + len(out["evaluate"]) != len(
+            set(out["train"]) | set(out["autolabel"]) | set(out["evaluate"])) or clash:
+        raise PipelineConfigError("stage names clash once seeds are added (a stage named like '<stage>_seed<N>'?)")
+    return out

@@ -13,8 +13,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from hmsa.evaluation.settings import parse_setting
-from hmsa.io import atomic_write_text, read_json
+from hmsa.claims import claims_table, mean_std, seed_values
+from hmsa.io import atomic_write_text
+from hmsa.pipeline import expand_seeds
 
 log = logging.getLogger("hmsa.report")
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -27,48 +28,54 @@ def paper_tables() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def _cell(results: Path, row: dict[str, str]) -> dict[str, Any]:
-    """mIoU (percent), per-class IoU and provenance of one evaluation setting."""
-    path = results / row["evaluation"] / "metrics.json"
-    metrics = read_json(path)
-    name = parse_setting(row["setting"]).name
-    if name not in metrics["settings"]:
-        raise ValueError(f"{path}: no setting '{row['setting']}' (has: {', '.join(metrics['settings'])})")
-    s = metrics["settings"][name]
-    return {"miou": 100 * s["miou"], "per_class": s["per_class"], "run": metrics.get("mlflow_run_id", ""),
-            "images": metrics["images"], "split": metrics["split"], "pixels": s.get("pixels", 1)}
+def _cell(results: Path, row: dict[str, str], pipeline: dict | None = None) -> dict[str, Any]:
+    """mIoU (percent), per-class IoU and provenance of one evaluation setting (the first seed's)."""
+    return seed_values(results, pipeline or {}, row)[0]
 
 
 def _delta(ours: float | None, paper: float | None) -> float | None:
     return None if ours is None or paper is None else round(ours - paper, 2)
 
 
-def table1(spec: list[dict], results: Path, paper: dict) -> pd.DataFrame:
+def _seeded(spec: list[dict], results: Path, pipeline: dict) -> tuple[list[list[dict]], list[list[float]]]:
+    """Per row: the per-seed cells, and per row the per-seed gain over row 0 (paired by seed)."""
+    cells = [seed_values(results, pipeline, r) for r in spec]
+    base = cells[0]
+    gains = [[c["miou"] - b["miou"] for c, b in zip(row, base, strict=False)] for row in cells]
+    return cells, gains
+
+
+def _ours(cells: list[dict], gains: list[float]) -> dict[str, Any]:
+    """The "ours" columns of one row: mean and spread over seeds, the gain over the table's baseline."""
+    m, s = mean_std([c["miou"] for c in cells])
+    g, gs = mean_std(gains)
+    return {"ours mIoU": round(m, 2), "ours std": None if s is None else round(s, 2),
+            "ours gain": round(g, 2), "gain std": None if gs is None else round(gs, 2), "seeds": len(cells),
+            "MLflow run": " ".join(c["run"] for c in cells)}
+
+
+def table1(spec: list[dict], results: Path, paper: dict, pipeline: dict | None = None) -> pd.DataFrame:
+    cells, gains = _seeded(spec, results, pipeline or {})
+    base = paper["rows"][0]["miou"]
     rows = []
-    for p, r in zip(paper["rows"], spec, strict=True):
-        c = _cell(results, r)
+    for p, r, c, g in zip(paper["rows"], spec, cells, gains, strict=True):
         rows.append({"method": p["method"], "eval scales": ",".join(f"{s:g}" for s in p["eval_scales"]),
-                     "paper mIoU": p["miou"], "ours mIoU": round(c["miou"], 2), "Δ": _delta(c["miou"], p["miou"]),
-                     "train FLOPs (paper, rel.)": p["train_flops_relative"], "setting": r["setting"],
-                     "MLflow run": c["run"]})
+                     "paper mIoU": p["miou"], "paper gain": round(p["miou"] - base, 2), **_ours(c, g),
+                     "train FLOPs (paper, rel.)": p["train_flops_relative"], "setting": r["setting"]})
     return pd.DataFrame(rows)
 
 
-def table2(spec: list[dict], results: Path, paper: dict) -> pd.DataFrame:
+def table2(spec: list[dict], results: Path, paper: dict, pipeline: dict | None = None) -> pd.DataFrame:
+    cells, gains = _seeded(spec, results, pipeline or {})
     rows = []
-    base = None
-    for p, r in zip(paper["rows"], spec, strict=True):
-        c = _cell(results, r)
-        base = c["miou"] if base is None else base
+    for p, r, c, g in zip(paper["rows"], spec, cells, gains, strict=True):
         rows.append({"MS attention": p["ms_attention"], "auto-labelling": p["auto_labelling"],
-                     "paper mIoU": p["miou"], "paper gain": p["gain"], "ours mIoU": round(c["miou"], 2),
-                     "ours gain": round(c["miou"] - base, 2), "Δ": _delta(c["miou"], p["miou"]),
-                     "setting": r["setting"], "MLflow run": c["run"]})
+                     "paper mIoU": p["miou"], "paper gain": p["gain"], **_ours(c, g), "setting": r["setting"]})
     return pd.DataFrame(rows)
 
 
-def table3(spec: dict, results: Path, paper: dict) -> pd.DataFrame:
-    c = _cell(results, spec)
+def table3(spec: dict, results: Path, paper: dict, pipeline: dict | None = None) -> pd.DataFrame:
+    c = _cell(results, spec, pipeline)
     ours_paper = paper["rows"]["ours"]
     withheld = c["pixels"] == 0  # e.g. the real Cityscapes test split: its labels are not public
     rows = []
@@ -85,8 +92,8 @@ def table3(spec: dict, results: Path, paper: dict) -> pd.DataFrame:
     return df
 
 
-def table4(spec: dict, results: Path, paper: dict) -> pd.DataFrame:
-    c = _cell(results, spec)
+def table4(spec: dict, results: Path, paper: dict, pipeline: dict | None = None) -> pd.DataFrame:
+    c = _cell(results, spec, pipeline)
     rows = [{"method": p["method"], "paper mIoU": p["miou"], "ours mIoU": None, "Δ": None, "MLflow run": ""}
             for p in paper["rows"]]
     ours = rows[-1]
@@ -170,12 +177,12 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> list[Path]
                             "the attention-free pre-training), with the setting named in the config."]),
     }
     # A pipeline may reproduce only some tables (e.g. a quick test config): build those it names.
-    built = {name: (fn(spec[name], results, paper[name]), notes)
+    built = {name: (fn(spec[name], results, paper[name], pipeline), notes)
              for name, (fn, notes) in builders.items() if name in spec}
     written = []
     for name, (df, notes) in built.items():
         rows = spec[name] if isinstance(spec[name], list) else [spec[name]]
-        df.attrs["runs"] = [_cell(results, r)["run"] for r in rows]
+        df.attrs["runs"] = [c["run"] for r in rows for c in seed_values(results, pipeline, r)]
         title, caption = name.replace("table", "Table "), paper[name]["caption"]
         notes = notes + _split_notes(name, df)
         md = _markdown(title, caption, df, pipeline, notes) + "\n".join(_provenance(df))
@@ -184,7 +191,24 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> list[Path]
         atomic_write_text(paths[1], df.to_csv(index=False))
         atomic_write_text(paths[2], _latex(name, f"{title}: {caption}", df))
         written += paths
-    return written
+    return written + _claims(pipeline, results, out, paper)
+
+
+def _claims(pipeline: dict, results: Path, out: Path, paper: dict) -> list[Path]:
+    """``claims.{md,csv}``: the paper's findings, the paper's Δ, ours over seeds, a verdict."""
+    df = claims_table(pipeline, results, paper)
+    if df is None:
+        return []
+    seeds = ", ".join(str(s) for s in pipeline.get("seeds") or [0])
+    notes = [f"Training seeds: {seeds}. Ours: the same difference of table cells computed per seed (all rows "
+             "of a seed trained with that seed), mean and sample standard deviation over seeds.",
+             "Verdict: holds = mean > 0 and larger than one standard deviation; contradicted = mean < 0 and "
+             "larger than one standard deviation; within noise otherwise. With one seed the sign decides."]
+    md = _markdown("Claims", "The paper's findings, checked on this run", df, pipeline, notes)
+    paths = [out / "claims.md", out / "claims.csv"]
+    atomic_write_text(paths[0], md)
+    atomic_write_text(paths[1], df.to_csv(index=False))
+    return paths
 
 
 def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | None = None) -> list[Path]:
@@ -192,7 +216,7 @@ def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | N
     pipeline's MLflow parent run; return the paths written. ``runs``: send tracking logs an outage left."""
     from hmsa import report_figures as figs
 
-    pipeline = yaml.safe_load(Path(pipeline_config).read_text())
+    pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
     results, out = Path(results), Path(out)
     if runs is not None and os.environ.get("HMSA_TRACKING", "1") != "0":
         from hmsa.tracking import sync
@@ -240,10 +264,12 @@ def _index(pipeline: dict, results: Path, out: Path, written: list[Path], figure
     what = {"table1": "Table 1: fusion methods on Mapillary val (DeepLabV3+), paper vs ours",
             "table2": "Table 2: MS attention × auto-labelling ablation on Cityscapes val",
             "table3": "Table 3: per-class IoU of the final Cityscapes model",
-            "table4": "Table 4: Mapillary val mIoU"}
+            "table4": "Table 4: Mapillary val mIoU",
+            "claims": "the paper's findings (Tables 1-2) with the paper's Δ, ours over seeds, and a verdict"}
     lines = ["# Reports", "", f"Generated by `hmsa report` from `{results}/` (pipeline `{pipeline['name']}`).", "",
              "| file | what it shows |", "|---|---|"]
-    lines += [f"| {t}.md / .csv / .tex | {w} |" for t, w in what.items() if (out / f"{t}.md") in written]
+    lines += [f"| {t}.md / .csv{'' if t == 'claims' else ' / .tex'} | {w} |" for t, w in what.items()
+              if (out / f"{t}.md") in written]
     for caption, paths in figures.items():
         lines += [f"| {p.relative_to(out)} | {caption} |" for p in paths]
     if (out / "benchmarks").is_dir():

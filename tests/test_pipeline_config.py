@@ -51,3 +51,25 @@ def test_snakemake_stops_with_the_one_line_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert f"{bad}: 'train.table1_single': Additional properties are not allowed" in out.stdout + out.stderr
+
+
+def test_seeds_expand_training_and_what_depends_on_it() -> None:
+    from hmsa.pipeline import expand_seeds
+
+    cfg = copy.deepcopy(EMBEDDED)
+    cfg["seeds"] = [0, 3]
+    cfg["train"]["cityscapes_student"]["per_seed"] = False
+    check(cfg, SCHEMA, ["seeds"])
+    out = expand_seeds(cfg)
+    assert out["train"]["table2_avgpool_autolabel_seed3"] == {
+        **{k: v for k, v in cfg["train"]["table2_avgpool_autolabel"].items()},
+        "seed": 3, "init": "mapillary_pretrain_seed3", "autolabels": "autolabel_seed3"}
+    assert out["autolabel"]["autolabel_seed3"]["teacher"] == "cityscapes_teacher_seed3"
+    assert out["train"]["cityscapes_teacher"]["seed"] == 0
+    # a stage trained once takes the first seed and the first seed's inputs
+    assert "cityscapes_student_seed3" not in out["train"]
+    assert out["train"]["cityscapes_student"]["autolabels"] == "autolabel"
+    assert out["seed_runs"]["evaluate_student"] == ["evaluate_student"]
+    explicit = ["evaluate_table1_explicit", "evaluate_table1_explicit_seed3"]
+    assert out["seed_runs"]["evaluate_table1_explicit"] == explicit
+    assert out["evaluate"]["evaluate_table1_explicit_seed3"]["model"] == "table1_explicit_seed3"
