@@ -3,7 +3,12 @@ turned into HARD labels — argmax where the max softmax probability >= threshol
 255 (ignore) — stored as uint8 PNGs of trainIds in the Cityscapes layout. Resumable (finished images
 are skipped, writes are atomic) and sharded across DDP ranks and across independent jobs (a SLURM
 array or ``--shard i/n``): each job writes only its images and a manifest part; the job that completes
-the set merges the parts into the manifest."""
+the set merges the parts into the manifest.
+
+With ``truth`` (the true labels of the coarse split, which the embedded dataset writes outside the
+Cityscapes root), the manifest gains a ``quality`` section: coverage and accuracy of the auto-labels and
+of the original coarse labels of the same images, overall, per class and where both label
+(:mod:`hmsa.autolabel_quality`). Each part carries its joint pixel counts, so shards merge exactly."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmsa import autolabel_quality
 from hmsa.data.errors import read_file
 from hmsa.io import atomic_write, atomic_write_json, file_sha256, read_json
 from hmsa.tracking import StageTracker
@@ -99,6 +105,24 @@ def _reusable(path: Path, made_by: str) -> np.ndarray | None:
     return label if stamp == made_by else None
 
 
+def truth_path(truth_dir: Path, split: str, name: str) -> Path:
+    """The true label of a coarse image: ``<truth>/<split>/<city>/<stem>_gtFine_labelIds.png``."""
+    return Path(truth_dir) / split / f"{name}_gtFine_labelIds.png"
+
+
+def _quality_counts(root: Path, truth_dir: Path, split: str, name: str, label: np.ndarray,
+                    num_classes: int) -> np.ndarray:
+    """Joint pixel counts of (truth, original coarse label, auto-label) of one image, in trainIds."""
+    from hmsa.data.cityscapes import LABEL_IDS, label_file
+    from hmsa.data.errors import open_label
+    from hmsa.data.labels import cityscapes_label_to_train_lut
+
+    lut, size = cityscapes_label_to_train_lut(), (label.shape[1], label.shape[0])
+    truth = lut[open_label(truth_path(truth_dir, split, name), LABEL_IDS, size)]
+    coarse = lut[open_label(label_file(root, split, name, "coarse"), LABEL_IDS, size)]
+    return autolabel_quality.joint_counts(truth, coarse, label, num_classes)
+
+
 def _part_path(out_dir: Path, key: str, k: int, total: int) -> Path:
     # the parameters' hash in the name: parts of an earlier run with other settings are never merged
     return Path(out_dir) / f".manifest-{key}-part{k:04d}-of-{total:04d}.json"
@@ -106,9 +130,11 @@ def _part_path(out_dir: Path, key: str, k: int, total: int) -> Path:
 
 def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manifest_path: Path,
                   threshold: float, method: str, scales: list[float], flip: bool,
-                  max_images: int = 0, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
+                  max_images: int = 0, shard: tuple[int, int] = (0, 1),
+                  truth: Path | None = None) -> dict[str, Any]:
     """Label this job's share of the images; the job that finds every share done writes the manifest
-    (so with a SLURM array, whichever task finishes last). Returns the manifest, or {} if not written."""
+    (so with a SLURM array, whichever task finishes last). Returns the manifest, or {} if not written.
+    ``truth``: root of the true labels of ``split`` (adds the manifest's ``quality`` section)."""
     from hmsa.data import build_dataset
     from hmsa.data.transforms import eval_transform
     from hmsa.evaluation.evaluate import load_model
@@ -124,9 +150,11 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     labelling = {"threshold": threshold, "method": method, "scales": scales, "flip": flip,
                  "teacher_sha256": file_sha256(Path(model_path))}
     made_by = hashlib.sha256(json.dumps(labelling, sort_keys=True).encode()).hexdigest()[:16]
-    params = {**labelling, "split": split, "teacher": str(model_path), "images": n, "parts": total}
+    params = {**labelling, "split": split, "teacher": str(model_path), "images": n, "parts": total,
+              "truth": None if truth is None else str(truth)}
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     shard_images: dict[str, Any] = {}
+    counts = np.zeros((c + 1,) * 3, np.int64)  # joint (truth, coarse, auto-label) pixels, with truth
     for i in range(k, n, total):
         name = ds.items[i][2]
         path = label_path(out_dir, split, name)
@@ -134,14 +162,21 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
         if label is None:
             label = _label_one(model, ds[i]["image"].to(dist.device), method, scales, flip, threshold)
             atomic_write(path, lambda tmp, arr=label: _save_label(tmp, arr, made_by))
-        frac, counts = _stats(label, c)
-        shard_images[name] = {"labelled_fraction": frac, "class_pixels": counts}
-    atomic_write_json(_part_path(out_dir, key, k, total), {"params": params, "images": shard_images})
+        frac, pixels = _stats(label, c)
+        shard_images[name] = {"labelled_fraction": frac, "class_pixels": pixels}
+        if truth is not None:
+            counts += _quality_counts(Path(root), Path(truth), split, name, label, c)
+    part = {"params": params, "images": shard_images}
+    if truth is not None:
+        part["quality_counts"] = autolabel_quality.to_cells(counts)
+    atomic_write_json(_part_path(out_dir, key, k, total), part)
     distributed.barrier()
     manifest: dict[str, Any] = {}
     parts = [_part_path(out_dir, key, j, total) for j in range(total)]
     if dist.is_main and all(p.exists() for p in parts):
         manifest = _merge_manifest(parts, n, meta, threshold, method, scales, flip, model_path, out_dir, split)
+        if truth is not None:
+            manifest["quality"] = _merge_quality(parts, meta["class_names"], truth)
         atomic_write_json(Path(manifest_path), manifest)
         _log(manifest, meta["class_names"])
     elif dist.is_main:
@@ -169,6 +204,12 @@ def _merge_manifest(parts: list[Path], n: int, meta: dict, threshold: float, met
             "per_image": {k: images[k]["labelled_fraction"] for k in sorted(images)}}
 
 
+def _merge_quality(parts: list[Path], names: list[str], truth: Path) -> dict[str, Any]:
+    cells = [read_json(p)["quality_counts"] for p in parts]
+    return {"truth": str(truth), **autolabel_quality.summarize(autolabel_quality.merge_cells(cells, len(names)),
+                                                               names)}
+
+
 def _log(manifest: dict, names: list[str]) -> None:
     tracker = StageTracker.from_env()
     tracker.log_params({"autolabel.threshold": manifest["threshold"], "autolabel.method": manifest["method"],
@@ -177,4 +218,11 @@ def _log(manifest: dict, names: list[str]) -> None:
                          "images": manifest["images"]})
     tracker.log_table({"class": names, "pixels": [manifest["per_class_pixels"][n] for n in names]},
                       artifact_file="autolabel/per_class_pixels.json")
+    if "quality" in manifest:  # fractions, like labelled_fraction_mean
+        q = manifest["quality"]["sources"]
+        tracker.log_metrics({f"quality/{s}/{m}": q[s][m] for s in q for m in ("coverage", "accuracy", "accuracy_both")
+                             if q[s][m] is not None})
+        frame = autolabel_quality.quality_frame(manifest["quality"]).reset_index()
+        tracker.log_table({col: [None if v != v else v for v in frame[col].tolist()] for col in frame.columns},
+                          artifact_file="autolabel/quality.json")
     tracker.close()

@@ -110,9 +110,13 @@ def _cmd_autolabel(a: argparse.Namespace) -> int:
     _provenance(cfg, [cfg.data.root, a.model])
     al = cfg.autolabel
     m = run_autolabel(Path(cfg.data.root), al.split, a.model, a.out_dir, a.manifest, al.threshold,
-                      al.method, sorted(al.scales), al.flip, cfg.data.max_images, resolve_shard(a.shard))
+                      al.method, sorted(al.scales), al.flip, cfg.data.max_images, resolve_shard(a.shard),
+                      truth=a.truth)
     if m:
         print(f"auto-labelled {m['images']} images, {100 * m['labelled_fraction_mean']:.1f}% of pixels labelled")
+    for source, q in (m.get("quality") or {}).get("sources", {}).items():
+        acc = "n/a" if q["accuracy"] is None else f"{100 * q['accuracy']:.1f}%"
+        print(f"{source}: {100 * (q['coverage'] or 0):.1f}% of pixels labelled, {acc} of them correct")
     return 0
 
 
@@ -243,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="regenerate even if complete")
-    s.add_argument("--cityscapes", default="", help="image counts, e.g. train=24,val=8,train_extra=24")
-    s.add_argument("--mapillary", default="", help="image counts, e.g. training=24,validation=8")
+    s.add_argument("--cityscapes", default="", help="image counts (default train=48,val=48,test=48,train_extra=64)")
+    s.add_argument("--mapillary", default="", help="image counts (default training=48,validation=32)")
     s.add_argument("--size", default="", help="image size HxW, e.g. 128x256")
     for name in ("verify", "prepare"):
         v = dsub.add_parser(name, help=f"{name} a dataset root (layout, counts, labels)")
@@ -283,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--manifest", type=Path, required=True)
     al.add_argument("--shard", default=None, metavar="I/N",
                     help="label only shard I of N (default: SLURM_ARRAY_TASK_ID/COUNT, else all)")
+    al.add_argument("--truth", type=Path, default=None, metavar="DIR",
+                    help="true labels of the split (<DIR>/<split>/<city>/*_gtFine_labelIds.png, the embedded "
+                         "dataset's truth/cityscapes): adds auto-label and coarse-label quality to the manifest")
     al.set_defaults(func=_cmd_autolabel)
 
     sb = sub.add_parser("submit", help="run an hmsa command as a stage through submitit and wait")
@@ -303,13 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, required=True, help="JSON with miou and per_class")
     sc.set_defaults(func=_cmd_score)
 
-    es = sub.add_parser("estimate", help="GPU-hours and wall time per stage of a pipeline config")
+    es = sub.add_parser("estimate", help="GPU-hours and wall time per stage of a pipeline config (default: "
+                        "derived from FLOPs counted on meta tensors, anchored on the paper's V100 time)")
     es.add_argument("--configfile", type=Path, required=True, help="configs/pipeline/*.yaml")
-    es.add_argument("--measure", action="store_true", help="time real steps of each stage's model here")
+    es.add_argument("--measure", action="store_true",
+                    help="instead of deriving: time real steps of each stage's model here (a GPU node; slow)")
     es.add_argument("--measure-scale", type=float, default=1.0,
                     help="shrink the measured size by this factor and scale the time by pixels")
     es.add_argument("--steps", type=int, default=2, help="timed steps per stage (median)")
-    es.add_argument("--declare", action="append", default=[], help="STAGE=SECONDS per unit, repeatable")
+    es.add_argument("--declare", action="append", default=[],
+                    help="STAGE=SECONDS per unit (overrides derived / measured; STAGE also covers its "
+                         "STAGE_seedN copies), repeatable")
     es.add_argument("--out", type=Path, default=None, help="JSON to write")
     es.set_defaults(func=_cmd_estimate)
 

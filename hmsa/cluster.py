@@ -6,6 +6,7 @@ defaults < kinds (prepare / train / autolabel / evaluate) < stages; every key ma
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class ClusterConfig:
 
     def resources(self, stage: str, kind: str) -> dict[str, Any]:
         """defaults < per-kind < per-stage."""
-        return {**self.defaults, **self.kinds.get(kind, {}), **self.stages.get(stage, {})}
+        # a stage's per-seed copies (``<stage>_seed<N>``, hmsa.pipeline) ask for what the stage asks for
+        base = re.sub(r"_seed[0-9]+$", "", stage)
+        return {**self.defaults, **self.kinds.get(kind, {}), **self.stages.get(base, {}), **self.stages.get(stage, {})}
 
 
 # Keys whose values must be whole numbers / text / a mapping (checked here, not by sbatch later).

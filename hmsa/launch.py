@@ -9,6 +9,9 @@ come from ``configs/cluster/*.yaml`` (``hmsa.cluster``), never from code.
 ``submit`` records the job in ``RUN_DIR/job.json``. Run again (after the head-node Snakemake or
 ``hmsa submit`` itself was killed), it re-attaches to a live SLURM job, collects a finished one, and
 submits only when there is no live or successful job: never two live jobs for one stage.
+
+Each task runs torch/OpenMP on the CPUs it was given (``SLURM_CPUS_PER_TASK``, else the cluster file's
+``cpus_per_task``), not on the ``OMP_NUM_THREADS`` it inherited from Snakemake.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ log = logging.getLogger("hmsa.launch")
 # How long ``checkpoint()`` waits for the training to reach an iteration boundary and save. SLURM
 # signals ``--signal`` seconds before the limit (submitit: 90 s), so this must stay well below that.
 SAVE_TIMEOUT_S = float(os.environ.get("HMSA_PREEMPT_SAVE_TIMEOUT", "60"))
+ENV_THREADS = "HMSA_NUM_THREADS"
+# What Snakemake sets to a rule's threads; children (data-loader workers, BLAS) read them too.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 @dataclass
@@ -43,12 +50,14 @@ class StageJob:
     env: dict[str, str] = field(default_factory=dict)
     run_dir: str = ""
     expect: list[str] = field(default_factory=list)  # the stage's declared outputs
+    cpus_per_task: int = 0  # the cluster file's, for executors that do not say (SLURM does)
 
     def __post_init__(self) -> None:
         self._worker: threading.Thread | None = None
 
     def __call__(self) -> int:
         os.environ.update(self.env)
+        use_allocated_threads(self.cpus_per_task)  # before anything loads OpenMP
         import submitit
 
         env = submitit.JobEnvironment()
@@ -99,7 +108,37 @@ class StageJob:
             state = "saved" if not self._worker.is_alive() else "did not reach a boundary in time"
             print(f"hmsa: preempted; training {state}", file=sys.stderr, flush=True)
         return submitit.helpers.DelayedSubmission(StageJob(list(self.argv), dict(self.env), self.run_dir,
-                                                           list(self.expect)))
+                                                           list(self.expect), self.cpus_per_task))
+
+
+def allocated_threads(cpus_per_task: int) -> tuple[int, str] | None:
+    """How many threads one task of this job may run, and who said so: SLURM's allocation, else the
+    cluster file's ``cpus_per_task`` (the local executor has no allocation of its own)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm), "SLURM_CPUS_PER_TASK"
+    if cpus_per_task > 0:
+        return cpus_per_task, "cpus_per_task of the cluster file"
+    return None
+
+
+def use_allocated_threads(cpus_per_task: int) -> None:
+    """Set every thread pool of this task to its allocation: the OpenMP/BLAS variables (read when torch
+    loads, and by child processes) and torch itself if loaded. Overrides what the job inherited from
+    the submitting side (Snakemake sets OMP_NUM_THREADS=1 for a rule that declares no threads)."""
+    found = allocated_threads(cpus_per_task)
+    if found is None:
+        print(f"hmsa: job threads: no allocation known, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+              flush=True)
+        return
+    n, source = found
+    inherited = os.environ.get("OMP_NUM_THREADS", "unset")
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    os.environ[ENV_THREADS] = str(n)  # applied again where torch is set up (hmsa.training.distributed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    print(f"hmsa: job threads: {n} ({source}; inherited OMP_NUM_THREADS={inherited})", flush=True)
 
 
 def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> Any:
@@ -147,6 +186,7 @@ def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, ar
     import submitit
 
     executor = _executor(cluster, run_dir / "submitit", stage, kind)
+    cpus = int(cluster.resources(stage, kind).get("cpus_per_task", 0))
     # Inside a SLURM allocation (e.g. Snakemake started under salloc) the job's SLURM_* variables
     # would leak into the new job's sbatch and confuse it.
     site_conf = os.environ.get("SLURM_CONF")
@@ -154,7 +194,7 @@ def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, ar
         if site_conf:  # where the cluster's slurm.conf lives is not job state: keep it
             os.environ["SLURM_CONF"] = site_conf
         job = executor.submit(StageJob(list(argv), env, str(run_dir.resolve()),
-                                       [str(p.resolve()) for p in expect]))
+                                       [str(p.resolve()) for p in expect], cpus))
     jobs.record(run_dir, job, cluster.executor, stage, argv, previous)
     log.info("stage %s: submitted job %s (%s)", stage, job.job_id, cluster.executor)
     return job

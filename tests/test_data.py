@@ -1,5 +1,6 @@
-"""The embedded dataset is written in the real formats, deterministically, with thin structures and
-coarse labels like the real ones; the loaders map ids the official way."""
+"""The embedded dataset is written in the real formats, deterministically, with every Cityscapes class,
+thin structures, coarse labels like the real ones and their truth outside the root; the loaders map ids
+the official way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hmsa.data import build_dataset
+from hmsa.data import build_dataset, synth
 from hmsa.data.cityscapes import CityscapesDataset
 from hmsa.data.labels import cityscapes_classes, cityscapes_label_to_train_lut, cityscapes_train_to_label_lut
 from hmsa.data.synth import generate
@@ -37,6 +38,47 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     c = generate(tmp_path / "c", seed=4, **SMALL)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert a["content_hash"] == b["content_hash"] != c["content_hash"]
+    assert a["counts"]["cityscapes"] == SMALL["cityscapes_counts"]
+    assert a["truth"] == {"cityscapes": {"train_extra": "truth/cityscapes/train_extra"}}
+    # one image depends on (seed, dataset, split, index) only, not on the counts around it
+    one = synth.scene(3, "cityscapes", "train_extra", 1, (64, 128))
+    again = synth.scene(3, "cityscapes", "train_extra", 1, (64, 128))
+    assert all(np.array_equal(x, y) for x, y in zip(one, again, strict=True))
+    other = synth.scene(3, "cityscapes", "train", 1, (64, 128))
+    assert not np.array_equal(one[1], other[1])
+
+
+def _train_ids(label_ids: np.ndarray) -> np.ndarray:
+    return cityscapes_label_to_train_lut()[label_ids]
+
+
+def test_every_class_many_times_in_the_default_val_split() -> None:
+    """All 19 evaluated classes are in the default val split, each in many images (the power to see
+    effects of half a point: no class scores 0 for lack of examples)."""
+    n = synth.DEFAULT_CITYSCAPES["val"]
+    assert n >= 32 and synth.DEFAULT_CITYSCAPES.get("test", 0) > 0
+    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    images = np.zeros(19, int)
+    pixels = np.zeros(19, int)
+    for i in range(n):
+        counts = np.bincount(_train_ids(lut[synth.scene(0, "cityscapes", "val", i)[0]]).ravel(), minlength=256)
+        images += counts[:19] > 0
+        pixels += counts[:19]
+    missing = [name for name, k in zip(cityscapes_classes(), images, strict=True) if k < n // 4]
+    assert not missing, f"in fewer than {n // 4} of {n} val images: {missing}"
+    assert pixels.min() >= 1000
+
+
+def test_every_scene_class_has_an_official_id() -> None:
+    """Abstract classes -> Cityscapes labelIds covering the 19 trainIds, and -> Mapillary v1.2 indices."""
+    from hmsa.data.labels import MAPILLARY_V12_NAMES
+
+    train_ids = set(_train_ids(np.array(list(synth.CITYSCAPES_IDS.values()), np.uint8)).tolist())
+    assert train_ids - {255} == set(range(19))
+    assert set(synth.CITYSCAPES_IDS) == set(synth.MAPILLARY_IDS)
+    assert all(0 <= i < 65 for i in synth.MAPILLARY_IDS.values())
+    riders = {MAPILLARY_V12_NAMES[synth.MAPILLARY_IDS[c]] for c in (synth.BICYCLIST, synth.MOTORCYCLIST)}
+    assert riders == {"human--rider--bicyclist", "human--rider--motorcyclist"}
 
 
 def test_real_cityscapes_layout_and_ids(embedded_data: Path) -> None:
@@ -66,12 +108,79 @@ def test_thin_structures_are_a_few_pixels_wide(embedded_data: Path) -> None:
     assert pole.any() and np.median(widths) <= 3
 
 
+THIN_IDS = (17, 19, 20, 33)  # pole, traffic light, traffic sign, bicycle
+
+
+def _coarse_and_truth(n: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    return [(coarse, lut[cls]) for cls, _, coarse in
+            (synth.scene(0, "cityscapes", "train_extra", i) for i in range(n))]
+
+
 def test_coarse_labels_are_coarse(embedded_data: Path) -> None:
     files = sorted((embedded_data / "cityscapes/gtCoarse/train_extra").rglob("*_gtCoarse_labelIds.png"))
     assert files
     labels = [np.asarray(Image.open(f)) for f in files]
     assert np.mean([(lab == 0).mean() for lab in labels]) > 0.3  # large unlabelled areas
-    assert not any((lab == 17).any() for lab in labels)  # no poles: too thin for polygons
+    pairs = _coarse_and_truth()
+    for coarse, truth in pairs:
+        assert 0.15 < (coarse > 0).mean() < 0.7
+        assert not np.isin(coarse, THIN_IDS).any()  # thin things: no polygons
+        assert np.isin(truth, THIN_IDS).any()
+        # wide unlabelled borders: two differently labelled pixels are never within 2 px of each other
+        for dy, dx in ((0, 1), (0, 2), (1, 0), (2, 0), (1, 1), (1, -1), (2, 2), (2, -2)):
+            a = coarse[max(0, -dy): coarse.shape[0] - max(0, dy), max(0, -dx): coarse.shape[1] - max(0, dx)]
+            b = coarse[max(0, dy):, max(0, dx):][: a.shape[0], : a.shape[1]]
+            assert not ((a > 0) & (b > 0) & (a != b)).any()
+        # where it labels, it is (nearly) right: thin things crossing a polygon are the errors
+        labelled = coarse > 0
+        assert (coarse[labelled] == truth[labelled]).mean() > 0.97
+    # objects left out entirely: some true classes with many pixels have no coarse pixel at all
+    left_out = sum(((truth == c).sum() > 150) and not (coarse == c).any()
+                   for coarse, truth in pairs for c in np.unique(truth) if c not in (*THIN_IDS, 1))
+    assert left_out >= 2
+
+
+def test_coarse_polygons_are_not_eroded_masks() -> None:
+    """A kept object's coarse label is a polygon inside it: well inside the object's eroded mask."""
+    from scipy.ndimage import binary_erosion
+
+    ratios = []
+    for coarse, truth in _coarse_and_truth():
+        for c in (11, 23):  # building, sky: large regions an annotator always outlines
+            if (coarse == c).any():
+                eroded = binary_erosion(truth == c, iterations=4)
+                ratios.append((coarse == c).sum() / max(1, eroded.sum()))
+    assert ratios and 0.3 < np.median(ratios) < 0.95
+
+
+def test_truth_of_the_coarse_images_is_outside_the_root(embedded_data: Path) -> None:
+    root = embedded_data / "cityscapes"
+    assert {p.name for p in root.iterdir()} == {"leftImg8bit", "gtFine", "gtCoarse"}  # the official layout
+    images = sorted((root / "leftImg8bit/train_extra").rglob("*_leftImg8bit.png"))
+    assert len(images) == 3
+    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    for img in images:
+        city, stem = img.parent.name, img.name[: -len("_leftImg8bit.png")]
+        truth = embedded_data / "truth/cityscapes/train_extra" / city / f"{stem}_gtFine_labelIds.png"
+        index = int(stem.split("_")[1])
+        cls, drawn, coarse = synth.scene(0, "cityscapes", "train_extra", index, (64, 128))
+        assert np.array_equal(np.asarray(Image.open(truth)), lut[cls])  # exactly what the generator drew
+        assert np.array_equal(np.asarray(Image.open(img)), drawn)
+        gt_coarse = root / "gtCoarse/train_extra" / city / f"{stem}_gtCoarse_labelIds.png"
+        assert np.array_equal(np.asarray(Image.open(gt_coarse)), coarse)
+
+
+def test_test_split_has_fine_labels(tmp_path: Path) -> None:
+    counts = {"train": 1, "val": 1, "test": 2, "train_extra": 1}
+    summary = generate(tmp_path / "d", seed=0, cityscapes_counts=counts, mapillary_counts={"training": 1,
+                       "validation": 1}, size=(64, 128))
+    assert summary["counts"]["cityscapes"] == counts
+    assert verify("cityscapes", tmp_path / "d/cityscapes") == counts
+    ds = CityscapesDataset(tmp_path / "d/cityscapes", "test")
+    assert len(ds) == 2 and all(ds.items[i][2].split("/")[0] in synth.CITIES["test"] for i in range(2))
+    label = ds.load(0)[1]
+    assert (label != 255).mean() > 0.8 and len(np.unique(label)) > 5  # real labels, not placeholders
 
 
 def test_label_mapping_on_a_handmade_png(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def _tiny_project(repo: Path) -> Path:
     shutil.copytree(ROOT / "workflows", repo / "workflows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "configs", repo / "configs")
     cfg = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
-    cfg["train"] = {k: cfg["train"][k] for k in ("mapillary_pretrain", "cityscapes_teacher")}
+    cfg["train"] = {k: cfg["train"][k] for k in ("mapillary_pretrain", "mapillary_attention", "cityscapes_teacher")}
     cfg["evaluate"] = {"evaluate_mapillary": cfg["evaluate"]["evaluate_mapillary"]}
     cfg["tables"] = {"table4": cfg["tables"]["table4"]}
     cfg["data"]["synth"] = {"cityscapes": {"train": 2, "val": 2, "train_extra": 2},
@@ -187,11 +187,13 @@ def _tiny_project(repo: Path) -> Path:
 VERSIONED = ["data/embedded", "results/prepare_cityscapes/manifest.json", "results/prepare_mapillary/manifest.json",
              "results/mapillary_pretrain/model.pt", "results/mapillary_pretrain/train.json",
              "results/mapillary_pretrain/curves.csv",
+             "results/mapillary_attention/model.pt", "results/mapillary_attention/train.json",
+             "results/mapillary_attention/curves.csv",
              "results/cityscapes_teacher/model.pt", "results/cityscapes_teacher/train.json",
              "results/cityscapes_teacher/curves.csv",
              "runs/autolabel/labels", "results/autolabel/manifest.json",
              "results/evaluate_mapillary/metrics.json", "results/evaluate_mapillary/per_class.csv"]
-STAGES = {"embedded_data", "prepare_cityscapes", "prepare_mapillary", "mapillary_pretrain",
+STAGES = {"embedded_data", "prepare_cityscapes", "prepare_mapillary", "mapillary_pretrain", "mapillary_attention",
           "cityscapes_teacher", "autolabel", "evaluate_mapillary"}
 TARGETS = ["results/autolabel/manifest.json", "results/evaluate_mapillary/metrics.json"]
 

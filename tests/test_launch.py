@@ -68,6 +68,73 @@ def test_failing_stage_returns_nonzero_with_the_reason(tmp_path: Path, monkeypat
     assert "stage broken failed" in err and "missing.yaml" in err
 
 
+def test_job_threads_come_from_slurm_else_the_cluster_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hmsa.launch import allocated_threads
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert allocated_threads(2) == (2, "cpus_per_task of the cluster file")
+    assert allocated_threads(0) is None  # nothing known: the inherited OMP_NUM_THREADS stays
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")  # inside a SLURM job, the allocation wins
+    assert allocated_threads(2) == (6, "SLURM_CPUS_PER_TASK")
+
+
+def test_a_stage_job_runs_on_the_cpus_per_task_of_its_cluster_file(
+        embedded_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Snakemake gives `hmsa submit` OMP_NUM_THREADS=1 (a rule's threads): the job still runs torch on
+    the stage's cpus_per_task (3 here, not this machine's core count), and trains into the MLflow run
+    that `hmsa submit` made while the job started."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.setenv("HMSA_LOG_LEVEL", "INFO")
+    monkeypatch.setenv("HMSA_INVOCATION_ID", "inv-threads")
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("executor: local\ndefaults: {timeout_min: 10, cpus_per_task: 1}\n"
+                       "kinds: {train: {cpus_per_task: 2}}\nstages: {threads: {cpus_per_task: 3}}\n")
+    run = tmp_path / "run"
+    code = submit("threads", "train", run, cluster,
+                  ["train", "--config", str(ROOT / "configs/experiments/tiny.yaml"), "--run-dir", str(run),
+                   "--out-metrics", str(tmp_path / "train.json"), f"data.root={embedded_data / 'cityscapes'}",
+                   "train.iterations=2"])
+    out = capsys.readouterr().out  # the job's log, echoed by `hmsa submit`
+    assert code == 0, out
+    assert "hmsa: job threads: 3 (cpus_per_task of the cluster file; inherited OMP_NUM_THREADS=1)" in out
+    assert "torch threads: 3 (OMP_NUM_THREADS=3)" in out  # what the training process itself runs on
+    record = json.loads((run / "mlflow_run.json").read_text())
+    assert json.loads((tmp_path / "train.json").read_text())["mlflow_run_id"] == record["run_id"]
+    r = MlflowClient().get_run(record["run_id"])
+    assert r.info.status == "FINISHED" and r.data.tags["hmsa.stage"] == "threads"
+    assert "mlflow.parentRunId" in r.data.tags and "loss/total" in r.data.metrics
+
+
+def test_compute_rules_declare_the_threads_of_their_cluster_file(tmp_path: Path) -> None:
+    """Each `hmsa submit` rule's `threads` is its stage's cpus_per_task (defaults < kinds < stages), and
+    the default profile lets it have them (`--cores 8` here only lifts this machine's cap)."""
+    import re
+    import subprocess
+    import sys
+
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("executor: local\ndefaults: {timeout_min: 5, cpus_per_task: 3}\n"
+                       "kinds: {evaluate: {cpus_per_task: 1}}\nstages: {cityscapes_teacher: {cpus_per_task: 5}}\n")
+    cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n", "--directory",
+           str(tmp_path), "--profile", str(ROOT / "workflows/profiles/default"), "--cores", "8",
+           "--config", f"cluster={cluster}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    blocks = dict(re.findall(r"rule (\w+):\n(.*?)\n\n", out.stdout + out.stderr, re.S))
+    threads = {rule: int(m.group(1)) if (m := re.search(r"threads: (\d+)", b)) else 1 for rule, b in blocks.items()}
+    assert threads["cityscapes_teacher"] == 5 and threads["mapillary_pretrain"] == 3
+    assert threads["prepare_cityscapes"] == 3 and threads["autolabel"] == 3
+    assert threads["evaluate_mapillary"] == 1 and threads["embedded_data"] == 1 and threads["report"] == 1
+    # One `stage_jobs` per compute rule: the profile's `resources: {stage_jobs: 1}` runs one stage at a time.
+    assert all(("stage_jobs=1" in b) == ("hmsa submit" in b) for b in blocks.values())
+
+
 @pytest.mark.slow
 def test_a_local_job_left_running_is_stopped_before_the_stage_runs_again(
         embedded_data: Path, tmp_path: Path) -> None:

@@ -73,3 +73,45 @@ def test_seeds_expand_training_and_what_depends_on_it() -> None:
     explicit = ["evaluate_table1_explicit", "evaluate_table1_explicit_seed3"]
     assert out["seed_runs"]["evaluate_table1_explicit"] == explicit
     assert out["evaluate"]["evaluate_table1_explicit_seed3"]["model"] == "table1_explicit_seed3"
+
+
+def test_dry_run_has_one_rule_instance_per_seed(tmp_path: Path) -> None:
+    cfg = copy.deepcopy(EMBEDDED)
+    cfg["seeds"] = [0, 1]
+    cfg["train"]["cityscapes_student"]["per_seed"] = False
+    two = tmp_path / "two-seeds.yaml"
+    two.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n",
+                          "--directory", str(tmp_path), "--configfile", str(two), "--quiet", "rules"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    planned = out.stdout + out.stderr
+    for stage in ("cityscapes_teacher_seed1", "autolabel_seed1", "table2_attention_autolabel_seed1",
+                  "evaluate_table1_explicit_seed1", "mapillary_pretrain_seed1"):
+        assert stage in planned
+    assert "cityscapes_student_seed1" not in planned and "cityscapes_student" in planned
+
+
+def test_seed_copies_ask_for_their_stage_resources() -> None:
+    from hmsa.cluster import load_cluster
+
+    cluster = load_cluster(ROOT / "configs/cluster/slurm.yaml")
+    assert cluster.resources("table1_single_seed2", "train")["nodes"] == 4  # Mapillary: 4 nodes
+    assert cluster.resources("cityscapes_teacher_seed1", "train")["nodes"] == 2
+    assert cluster.resources("mapillary_attention", "train")["nodes"] == 4
+
+
+def test_three_seed_config_is_the_embedded_one_with_seeds() -> None:
+    """configs/pipeline/embedded-3seeds.yaml may differ from the default only in its seeds, its own
+    output folders and experiment, and which stages are trained once."""
+    three = yaml.safe_load((ROOT / "configs/pipeline/embedded-3seeds.yaml").read_text())
+    check(three, SCHEMA, ["embedded-3seeds.yaml"])
+    assert three["seeds"] == [0, 1, 2] and EMBEDDED.get("seeds", [0]) == [0]
+    for key in ("results", "runs", "reports"):
+        assert three[key] != EMBEDDED[key]
+    for name, st in three["train"].items():
+        st.pop("per_seed", None)
+        assert st == EMBEDDED["train"][name]
+    same = ("cluster", "data", "versioning", "autolabel", "evaluate", "tables")
+    assert {k: three[k] for k in same} == {k: EMBEDDED[k] for k in same}
+    assert set(three["train"]) == set(EMBEDDED["train"])

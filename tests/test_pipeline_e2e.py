@@ -35,7 +35,7 @@ def _tiny_pipeline(tmp: Path) -> Path:
             path = exp_dir / f"{name}.yaml"
             path.write_text(yaml.safe_dump(tiny))
             stage["experiment"] = str(path)
-    cfg["data"]["synth"] = {"cityscapes": {"train": 3, "val": 2, "train_extra": 3},
+    cfg["data"]["synth"] = {"cityscapes": {"train": 3, "val": 2, "train_extra": 3, "test": 2},
                             "mapillary": {"training": 3, "validation": 2}, "size": "64x128"}
     cfg["tracking"]["experiment"] = "hmsa-e2e"
     out = tmp / "pipeline.yaml"
@@ -79,9 +79,12 @@ def test_whole_dag_runs_and_is_tracked(tmp_path: Path) -> None:
             miou = 100 * metrics["settings"][parse_setting(row["setting"]).name]["miou"]
             assert float(cell["ours mIoU"]) == pytest.approx(miou, abs=0.005)
             assert cell["MLflow run"] == metrics["mlflow_run_id"] != ""
-    for t in ("table1", "table2", "table3", "table4"):
+    for t in ("table1", "table2", "table3", "table4", "claims"):
         text = (work / "reports" / f"{t}.md").read_text()
         assert "embedded synthetic dataset" in text
+    # Table 3: the train+val student, scored on the held-out test split (never on val)
+    assert json.loads((work / "results/evaluate_student/metrics.json").read_text())["split"] == "test"
+    assert "scored on the `test` split, 2 images" in (work / "reports/table3.md").read_text()
     assert list((work / "results/evaluate_table1_hierarchical/maps").glob("*.png"))
     manifest = json.loads((work / "results/autolabel/manifest.json").read_text())
     assert manifest["threshold"] == 0.9 and manifest["images"] == 3

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("hmsa.distributed")
 
 
 @dataclass
@@ -27,6 +30,7 @@ def init_from_env() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    set_threads()
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
@@ -35,6 +39,17 @@ def init_from_env() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(rank, world, local, device)
+
+
+def set_threads() -> int:
+    """torch's intra-op threads: a stage's job was given HMSA_NUM_THREADS (its CPUs per task, see
+    hmsa/launch.py), which overrides the OMP_NUM_THREADS it inherited; logged either way."""
+    wanted = os.environ.get("HMSA_NUM_THREADS", "")
+    if wanted.isdigit() and int(wanted) > 0 and torch.get_num_threads() != int(wanted):
+        torch.set_num_threads(int(wanted))
+    threads = torch.get_num_threads()
+    log.info("torch threads: %d (OMP_NUM_THREADS=%s)", threads, os.environ.get("OMP_NUM_THREADS", "unset"))
+    return threads
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,22 @@ for _name, _st in config.get("autolabel", {}).items():
             cluster=CLUSTER,
             expect=expect_args,
             overrides=["data.dataset=cityscapes", f"data.root={dataset_root('cityscapes')}"],
+            # the embedded dataset knows the true labels of the coarse images: measure label quality
+            truth=(
+                ["--truth", f"{config['data']['embedded_dir']}/truth/cityscapes"]
+                if config["data"]["embedded"]
+                else []
+            ),
             versioning=versioning_mode(),
         resources:
             **stage_resources(_name, "autolabel"),
+        threads:
+            stage_threads(_name, "autolabel")
         log:
             f"logs/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind autolabel --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} -- autolabel --config {input.experiment:q} "
             "--model {input.teacher:q} --out-dir {params.labels:q} --manifest {output.manifest:q} "
-            "{params.overrides:q} > {log:q} 2>&1 && "
+            "{params.truth:q} {params.overrides:q} > {log:q} 2>&1 && "
             "hmsa version add --mode {params.versioning:q} {params.labels:q} {output.manifest:q} >> {log:q} 2>&1"

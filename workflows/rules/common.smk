@@ -1,5 +1,6 @@
 # Shared wiring: paths derived from the pipeline config, and the environment every stage inherits.
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -27,14 +28,23 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
 _CLUSTER_CFG = yaml.safe_load(Path(CLUSTER).read_text()) or {}
 
 
-def stage_resources(stage, kind):
-    """What a stage's job asks the cluster for (configs/cluster/*.yaml), shown by `snakemake -n`.
-    Informational for Snakemake: the job itself is submitted by `hmsa submit` with these values."""
-    r = {
+def _stage_cluster(stage, kind):
+    """The stage's entry of the cluster file: defaults < kinds < stages (as hmsa/cluster.py reads it)."""
+    return {
         **(_CLUSTER_CFG.get("defaults") or {}),
         **((_CLUSTER_CFG.get("kinds") or {}).get(kind) or {}),
+        # per-seed copies (<stage>_seed<N>) ask for what their stage asks for
+        **((_CLUSTER_CFG.get("stages") or {}).get(re.sub(r"_seed[0-9]+$", "", stage)) or {}),
         **((_CLUSTER_CFG.get("stages") or {}).get(stage) or {}),
     }
+
+
+def stage_resources(stage, kind):
+    """What a stage's job asks the cluster for (configs/cluster/*.yaml), shown by `snakemake -n`.
+    Informational for Snakemake: the job itself is submitted by `hmsa submit` with these values.
+    `stage_jobs`: one per compute stage, so a profile's `resources: {stage_jobs: N}` bounds how many
+    stages run (or are waited on) at once, whatever their threads."""
+    r = _stage_cluster(stage, kind)
     nodes = int(r.get("nodes", 1))
     return {
         "nodes": nodes,
@@ -42,7 +52,15 @@ def stage_resources(stage, kind):
         "tasks": nodes * int(r.get("tasks_per_node", 1)),
         "runtime": int(r.get("timeout_min", 60)),
         "slurm_partition": str(r.get("partition", "")),
+        "stage_jobs": 1,
     }
+
+
+def stage_threads(stage, kind):
+    """A compute rule's `threads`: its stage's `cpus_per_task` in the cluster file, the CPUs each task
+    of its job uses. The job sets its torch/OpenMP threads from its allocation itself, overriding the
+    OMP_NUM_THREADS that Snakemake gives `hmsa submit`. Snakemake caps it at `--cores`."""
+    return int(_stage_cluster(stage, kind).get("cpus_per_task", 1))
 
 
 def expect_args(wildcards, output):
@@ -86,7 +104,7 @@ def eval_tags(name):
     rows = []
     for table, spec in config.get("tables", {}).items():
         for i, row in enumerate(spec if isinstance(spec, list) else [spec]):
-            if row["evaluation"] == name:
+            if name in config["seed_runs"][row["evaluation"]]:
                 rows.append(f"{table}:{i}")
     return [f"hmsa.paper_rows={','.join(rows)}"] if rows else []
 

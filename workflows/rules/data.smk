@@ -63,6 +63,8 @@ for _ds in ("cityscapes", "mapillary"):
             versioned_root=versioned_dataset_root(_ds),
         resources:
             **stage_resources(f"prepare_{_ds}", "prepare"),
+        threads:
+            stage_threads(f"prepare_{_ds}", "prepare")
         log:
             f"logs/prepare_{_ds}.log",
         shell:

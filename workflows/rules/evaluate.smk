@@ -21,15 +21,19 @@ for _name, _ev in config["evaluate"].items():
             expect=expect_args,
             settings=[a for s in _ev["settings"] for a in ("--setting", s)],
             tags=[a for t in eval_tags(_name) for a in ("--tag", t)],
-            overrides=[f"data.dataset={_ev['dataset']}", f"data.root={dataset_root(_ev['dataset'])}"],
+            overrides=[f"data.dataset={_ev['dataset']}", f"data.root={dataset_root(_ev['dataset'])}"]
+            + ([f"eval.split={_ev['split']}"] if _ev.get("split") else []),
+            predictions=["--save-predictions", f"{RESULTS}/{_name}/predictions"] if _ev.get("save_predictions") else [],
             versioning=versioning_mode(),
         resources:
             **stage_resources(_name, "evaluate"),
+        threads:
+            stage_threads(_name, "evaluate")
         log:
             f"logs/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind evaluate --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} {params.tags:q} -- evaluate --config {input.experiment:q} "
-            "--model {input.model:q} --out-dir {params.out_dir:q} {params.settings:q} "
+            "--model {input.model:q} --out-dir {params.out_dir:q} {params.settings:q} {params.predictions:q} "
             "{params.overrides:q} > {log:q} 2>&1 && "
             "hmsa version add --mode {params.versioning:q} {output.metrics:q} {output.per_class:q} >> {log:q} 2>&1"

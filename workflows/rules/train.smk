@@ -4,7 +4,7 @@
 
 def train_overrides(stage):
     st = config["train"][stage]
-    out = [f"data.dataset={st['dataset']}", f"data.root={dataset_root(st['dataset'])}"]
+    out = [f"data.dataset={st['dataset']}", f"data.root={dataset_root(st['dataset'])}", f"seed={st['seed']}"]
     if st.get("init"):
         out.append(f"model.init={model_file(st['init'])}")
     if st.get("autolabels"):
@@ -35,6 +35,8 @@ for _name, _st in config["train"].items():
             versioning=versioning_mode(),
         resources:
             **stage_resources(_name, "train"),
+        threads:
+            stage_threads(_name, "train")
         log:
             f"logs/{_name}.log",
         shell:
