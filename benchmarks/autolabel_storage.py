@@ -19,6 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 
+def _where(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else "auto-labels outside the checkout"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", type=Path, default=ROOT / "runs/autolabel/labels")
@@ -36,7 +41,8 @@ def main() -> int:
         soft += args.classes * h * w * 4
     result = {"images": len(files), "image_size": [h, w], "hard_bytes_per_image": stored / len(files),
               "soft_float32_bytes_per_image": soft / len(files), "ratio": soft / stored, "target_ratio": 500,
-              "labels": str(args.labels)}
+              # what was measured, not where: the labels' place relative to the checkout when inside it
+              "labels": _where(args.labels)}
     write_result(args.out, result)
     return 0
 

@@ -51,7 +51,7 @@ def main() -> int:
         "noop_run_seconds": round(noop, 2), "noop_run_target_seconds": 5, "noop_nothing_to_be_done": nothing,
         "jobs": proc.stderr.count("Finished job") + proc.stdout.count("Finished job"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "workdir": str(workdir),
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "workdir": "an empty directory (temporary unless --workdir)",
     }
     write_result(args.out, result)
     return 0 if nothing else 1
