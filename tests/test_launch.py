@@ -131,7 +131,7 @@ def test_compute_rules_declare_the_threads_of_their_cluster_file(tmp_path: Path)
     assert threads["cityscapes_teacher"] == 5 and threads["mapillary_pretrain"] == 3
     assert threads["prepare_cityscapes"] == 3 and threads["autolabel"] == 3
     assert threads["evaluate_mapillary"] == 1 and threads["embedded_data"] == 1 and threads["report"] == 1
-    # One `stage_jobs` per compute rule: the profile's `resources: {stage_jobs: 1}` runs one stage at a time.
+    # One `stage_jobs` per compute rule: the profile's `resources: {stage_jobs: N}` runs N stages at a time.
     assert all(("stage_jobs=1" in b) == ("hmsa submit" in b) for b in blocks.values())
 
 

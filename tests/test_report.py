@@ -65,6 +65,13 @@ def _results(tmp: Path, data: Path, pipeline: dict) -> Path:
         client.log_metric(run, "loss/total", 2.0 / step, step=step)
         client.log_metric(run, "lr", 0.01 * (1 - step / 6), step=step)
     atomic_write_json(results / "cityscapes_teacher/train.json", {"mlflow_run_id": run})
+    steps = np.arange(10, 1001, 10)  # curves.csv as training writes them: one still falling, one flat
+    falling = 3.0 - 0.002 * steps + rng.normal(0, 0.02, steps.size)
+    flat = 1.0 + rng.normal(0, 0.1, steps.size)
+    for stage, loss in (("cityscapes_teacher", falling), ("table1_single", flat)):
+        lines = ["step,loss,lr"] + [f"{s},{v:.5f},0.01" for s, v in zip(steps, loss, strict=True)]
+        (results / stage / "curves.csv").parent.mkdir(parents=True, exist_ok=True)
+        (results / stage / "curves.csv").write_text("\n".join(lines) + "\n")
     return results
 
 
@@ -113,6 +120,16 @@ def test_cells_equal_the_metrics_files(built: tuple) -> None:
     with open(out / "claims.csv", newline="") as fh:
         claims = list(csv.DictReader(fh))
     assert len(claims) == 8 and all(c["verdict"].endswith("(1 seed)") for c in claims)
+
+
+def test_convergence_table_reads_every_training_curve(built: tuple) -> None:
+    _, out, _, written = built
+    with open(out / "convergence.csv", newline="") as fh:
+        rows = {r["stage"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"cityscapes_teacher", "table1_single"}  # the stages whose curves exist
+    assert rows["cityscapes_teacher"]["verdict"] == "falling" and rows["table1_single"]["verdict"] == "flat"
+    assert rows["table1_single"]["iterations"] == "1000" and rows["table1_single"]["points in last fifth"] == "20"
+    assert out / "convergence.md" in written and "1 of 2 training stages flat" in (out / "convergence.md").read_text()
 
 
 def test_latex_figures_index_and_parent_run(built: tuple) -> None:
