@@ -29,6 +29,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hmsa tests benchmarks
 
-# Remove what `make reproduce` made (data, results, runs, reports, MLflow db) to start over.
+# Remove what the pipelines made (data, results, runs, logs, generated reports of every pipeline config,
+# MLflow db, DVC's plot pages) to start over. Committed files under reports/ (benchmarks/) stay.
 clean-results:
-	rm -rf results runs logs data/embedded mlflow.db .hmsa .snakemake reports/table*.md reports/table*.csv
+	rm -rf results runs logs data/embedded mlflow.db .hmsa .snakemake dvc_plots \
+	  reports/table*.md reports/table*.csv reports/table*.tex reports/claims.md reports/claims.csv \
+	  reports/figures reports/README.md reports/index.html reports/paper reports/embedded-3seeds

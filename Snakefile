@@ -38,3 +38,4 @@ rule all:
     default_target: True
     input:
         report_outputs(),
+        per_class_plot_outputs(),

@@ -202,16 +202,22 @@ def _gpus(cluster: Any, stage: str, kind: str) -> int:
 # Measured (on the machine this runs on)
 
 
+SLOW_STEP = 5.0  # seconds: a step slower than this reports itself (a CPU run of a paper-size model)
+
+
 def _median_time(fn: Any, steps: int, device: torch.device) -> float:
-    def timed() -> float:
+    def timed(what: str) -> float:
         t0 = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        if took > SLOW_STEP:  # long measurements say they are alive
+            print(f"hmsa estimate:     {what} took {took:.0f} s", file=sys.stderr, flush=True)
+        return took
 
-    timed()  # warm-up
-    return statistics.median(timed() for _ in range(steps))
+    timed("warm-up step")
+    return statistics.median(timed(f"timed step {i}/{steps}") for i in range(1, steps + 1))
 
 
 def measure(item: dict, classes: int, scale: float, steps: int, model_cfg: cfgmod.Config,
@@ -292,6 +298,8 @@ def estimate(pipeline_file: Path, project: Path, workdir: Path, do_measure: bool
     for stage, sec in declared.items():
         if not (sec > 0 and math.isfinite(sec)):
             raise ValueError(f"--declare {stage}={sec}: seconds must be positive")
+    print(f"hmsa estimate: counting the FLOPs of {len(work)} stages on meta tensors (shapes only; "
+          "about a second each)...", file=sys.stderr, flush=True)
     anchor = reference()
     flops_per_s = anchor["tflop_per_s"] * 1e12
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -334,17 +342,32 @@ def table(result: dict[str, Any]) -> str:
     body = [[r["stage"], r["kind"], r["model"], r["units"], f"{r['tflop_per_unit']:.2f}",
              f"{r['seconds_per_unit']:.3f}", r["gpus"], f"{r['wall_hours']:.2f}", f"{r['gpu_hours']:.1f}",
              r["source"]] for r in result["stages"]]
-    t, a = result["total"], result["anchor"]
+    t = result["total"]
     body.append(["total", "", "", "", "", "", "", f"{t['wall_hours_sequential']:.2f}", f"{t['gpu_hours']:.1f}", ""])
     text = tabulate(body, head, tablefmt="github", disable_numparse=True,
                     colalign=("left", "left", "left", "right", "right", "right", "right", "right", "right", "left"))
-    counts: dict[str, int] = {}
-    for r in result["stages"]:
-        counts[r["source"]] = counts.get(r["source"], 0) + 1
-    return (text + f"\n\ntotal: {t['gpu_hours']:.1f} GPU-hours, {t['wall_hours_sequential']:.1f} h wall if the "
-            f"stages ran one after another (seeds: {', '.join(map(str, result['seeds']))})"
-            + f"\nsources: {'; '.join(f'{n} {s}' for s, n in counts.items())}"
-            + f"\nderived = FLOPs / {a['tflop_per_s']:.2f} TFLOP/s, anchor: the paper's Table 1 time, "
-            f"{a['what']}: {a['tflop']:.2f} TFLOP in {a['seconds']:.2f} s"
-            + "\nFLOPs: convolutions and matrix products, forward (+ backward for training), counted by "
-            "torch FlopCounterMode on meta tensors; wall time assumes perfect DDP scaling")
+    return text + "\n\n" + "\n".join(footer(result))
+
+
+def footer(result: dict[str, Any]) -> list[str]:
+    """What the figures above are: the total, then one line per kind of source actually used."""
+    t, a = result["total"], result["anchor"]
+    stages = result["stages"]
+    lines = [f"total: {t['gpu_hours']:.1f} GPU-hours, {t['wall_hours_sequential']:.1f} h wall if the stages ran "
+             f"one after another (seeds: {', '.join(map(str, result['seeds']))})"]
+    measured = sorted({r["source"] for r in stages if r["source"].startswith("measured")})
+    by_kind = {k: [r["stage"] for r in stages if r["source"].startswith(k)]
+               for k in ("declared", "measured", "derived")}
+    if by_kind["declared"]:
+        lines.append(f"declared ({len(by_kind['declared'])} stage(s)): seconds per unit given with --declare")
+    if by_kind["measured"]:
+        lines.append(f"measured ({len(by_kind['measured'])} stage(s)): timed here with --measure, "
+                     f"{'; '.join(m[len('measured '):] for m in measured)}")
+    if by_kind["derived"]:
+        lines.append(f"derived ({len(by_kind['derived'])} stage(s)): FLOPs / {a['tflop_per_s']:.2f} TFLOP/s, the "
+                     f"throughput of the paper's one timing (Table 1: {a['what']}: {a['tflop']:.2f} "
+                     f"TFLOP in {a['seconds']:.2f} s); --measure on your GPU node replaces it")
+        lines.append("FLOPs: convolutions and matrix products, forward (+ backward for training), counted by "
+                     "torch FlopCounterMode on meta tensors")
+    lines.append("units: training iterations of one GPU, or images; wall time assumes perfect DDP scaling")
+    return lines

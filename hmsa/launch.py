@@ -16,6 +16,7 @@ Each task runs torch/OpenMP on the CPUs it was given (``SLURM_CPUS_PER_TASK``, e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -64,7 +65,11 @@ class StageJob:
         if env.num_tasks > 1:
             # RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT for torch.distributed.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        os.environ["HMSA_SLURM_JOB_ID"] = str(env.job_id)
+        # Named as what it is: a SLURM job id only under SLURM; the local executor's id is a process id.
+        os.environ.pop(tracking.ENV_SLURM_JOB, None)
+        os.environ.pop(tracking.ENV_LOCAL_JOB, None)
+        job_var = tracking.ENV_SLURM_JOB if env.cluster == "slurm" else tracking.ENV_LOCAL_JOB
+        os.environ[job_var] = str(env.job_id)
         # The stage runs in a worker thread so that the main thread stays free for submitit's signal
         # handler: on timeout/preemption ``checkpoint()`` can then wait for the training to save.
         outcome: dict[str, Any] = {}
@@ -155,7 +160,7 @@ def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> An
     return executor
 
 
-def _stage_run(stage: str, run_dir: Path, table_tags: dict[str, str]) -> dict[str, str]:
+def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str]) -> dict[str, str]:
     """Create (or re-use, after an interrupted attempt) the stage's MLflow child run."""
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return {}
@@ -171,14 +176,19 @@ def _stage_run(stage: str, run_dir: Path, table_tags: dict[str, str]) -> dict[st
         # An unfinished run is continued (resume after a crash); a finished one is not reopened.
         if status != "FINISHED":
             run_id = previous["run_id"]
-    tags = {"hmsa.git_commit": tracking.git_commit(), **table_tags}
     if not run_id:
         invocation = os.environ.get(tracking.ENV_INVOCATION, "")
         parent = tracking.get_or_create_parent(invocation, exp_id, {}) if invocation else None
-        run_id = tracking.create_stage_run(stage, exp_id, parent, tags)
+        rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
+            if table_tags.get("hmsa.paper_rows") else ""
+        note = (f"Stage `{stage}` ({kind}) of the pipeline, run by `hmsa submit`.{rows}"
+                + (" Each evaluation setting is a run nested under this one." if kind == "evaluate" else ""))
+        run_id = tracking.create_stage_run(stage, exp_id, parent, dict(table_tags), note=note)
         atomic_write_json(record, {"run_id": run_id, "experiment_id": exp_id})
     # HMSA_RUN_DIR: where the job keeps the run's tracking log while the server is unreachable.
-    return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id, tracking.ENV_RUN_DIR: str(run_dir.resolve())}
+    # The stage's name and tags: its nested runs (one per evaluation setting) are named and tagged by them.
+    return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id, tracking.ENV_RUN_DIR: str(run_dir.resolve()),
+            tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True)}
 
 
 def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
@@ -222,7 +232,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
-    env.update(_stage_run(stage, run_dir, tags or {}))
+    env.update(_stage_run(stage, kind, run_dir, tags or {}))
     with file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
         job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))
     ok = True

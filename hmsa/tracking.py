@@ -7,15 +7,19 @@ requeued or resumed job continues in the same run and concurrent jobs never race
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from hmsa import tracking_buffer as wal
 from hmsa.io import file_lock
+from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
+
+__all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "get_or_create_parent",
+           "git_commit", "log_parent_metrics", "log_parent_params", "stage_provenance", "sync"]
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -24,7 +28,14 @@ ENV_PARENT_RUN_ID = "HMSA_MLFLOW_PARENT_RUN_ID"
 ENV_INVOCATION = "HMSA_INVOCATION_ID"
 ENV_EXPERIMENT = "HMSA_MLFLOW_EXPERIMENT"
 ENV_RUN_DIR = "HMSA_RUN_DIR"
-DEFAULT_EXPERIMENT = "hmsa"
+ENV_STAGE = "HMSA_STAGE"  # the stage's name, handed to its job by `hmsa submit`
+ENV_STAGE_TAGS = "HMSA_STAGE_TAGS"  # JSON: the tags `hmsa submit` gave the stage run (children inherit them)
+ENV_PIPELINE_CONFIG = "HMSA_PIPELINE_CONFIG"  # a YAML/JSON file: the pipeline config, the parent's params
+# The embedded pipeline's experiment: a standalone `hmsa train/evaluate` lands beside the pipeline's runs.
+DEFAULT_EXPERIMENT = "hmsa-embedded"
+# Without this tag MLflow 3 guesses the experiment's kind and may open it in the GenAI (traces) view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+NOTE = "mlflow.note.content"
 
 
 # MLflow's own HTTP retries (7, exponential backoff, 120 s timeout) would stall a stage for minutes per
@@ -42,48 +53,116 @@ def _client() -> Any:
 
 
 
-def git_commit(cwd: Path | None = None) -> str:
-    """The current commit (with ``-dirty`` when the work tree differs), or ``unknown``."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def experiment_name() -> str:
+    return os.environ.get(ENV_EXPERIMENT) or DEFAULT_EXPERIMENT
 
 
 def ensure_experiment(name: str) -> str:
-    """Create the experiment once (under a lock) and return its id."""
+    """Create the experiment once (under a lock), marked as model development; return its id."""
     with file_lock("experiment"):
         client = _client()
         exp = client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return client.create_experiment(name)
+        if exp is None:
+            return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
 
 
 def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
     """The parent run of one pipeline invocation; created by whichever stage submits first."""
+    pipeline = _pipeline_config()
     with file_lock("parent"):
         client = _client()
         found = client.search_runs([experiment_id], f"tags.`hmsa.invocation` = '{invocation}'",
                                    max_results=1)
         if found:
             return found[0].info.run_id
-        run = client.create_run(experiment_id, run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                tags={"hmsa.invocation": invocation, "hmsa.kind": "pipeline", **tags})
+        label = pipeline.get("name") or "pipeline"
+        note = (f"One invocation of the `{label}` pipeline (Snakemake): each stage is a nested run, each "
+                "evaluation setting a run nested under its stage. Params: the pipeline config.")
+        run = client.create_run(experiment_id, run_name=f"{label} · {time.strftime('%Y-%m-%d %H:%M')}",
+                                tags={"hmsa.invocation": invocation, "hmsa.kind": "pipeline", NOTE: note,
+                                      **git_tags(), **tags})
         # Lets the Snakefile's onsuccess/onerror know there is a parent run to close, without
         # importing MLflow when nothing ran.
         marker = Path(".hmsa/invocations") / invocation
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(run.info.run_id)
-        return run.info.run_id
+    if pipeline:
+        log_parent_params(pipeline, run.info.run_id)
+    return run.info.run_id
 
 
-def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags: dict[str, str]) -> str:
-    all_tags = {"hmsa.stage": stage, "hmsa.kind": "stage", **tags}
+def _pipeline_config() -> dict[str, Any]:
+    """The pipeline config named by ``HMSA_PIPELINE_CONFIG`` ({} when unset or unreadable)."""
+    path = os.environ.get(ENV_PIPELINE_CONFIG)
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError) as exc:
+        log.warning("%s=%s: not readable, the parent run gets no params: %s", ENV_PIPELINE_CONFIG, path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _flat_params(config: dict[str, Any]) -> dict[str, str]:
+    """Nested dict -> MLflow params within its limits (keys 250 characters, values 6000)."""
+    from hmsa.config import flatten
+
+    return {k[:250]: (v if isinstance(v, str) else json.dumps(v))[:6000] for k, v in flatten(config).items()}
+
+
+def _current_parent() -> str | None:
+    """This invocation's parent run (``HMSA_INVOCATION_ID``), or None outside a pipeline."""
+    invocation = os.environ.get(ENV_INVOCATION, "")
+    marker = Path(".hmsa/invocations") / invocation
+    if invocation and marker.is_file():
+        return marker.read_text().strip() or None
+    if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
+        return None
+    return get_or_create_parent(invocation, ensure_experiment(experiment_name()), {})
+
+
+def log_parent_params(config: dict[str, Any], run_id: str | None = None) -> bool:
+    """Log a (nested) config as the flattened params of the invocation's parent run (or ``run_id``).
+    Through the write-ahead log: never raises for an outage. True if something was logged."""
+    return _to_parent(run_id, lambda t: t.log_params(_flat_params(config)))
+
+
+def log_parent_metrics(metrics: dict[str, float], run_id: str | None = None) -> bool:
+    """Log summary metrics (e.g. each table's headline numbers) to the current pipeline invocation's
+    parent run (or ``run_id``). Through the write-ahead log: never raises for an outage. True if
+    there was a parent run to log to."""
+    return _to_parent(run_id, lambda t: t.log_metrics(metrics))
+
+
+def _to_parent(run_id: str | None, log_to: Any) -> bool:
+    if os.environ.get("HMSA_TRACKING", "1") == "0" or not is_rank_zero():
+        return False
+    try:
+        run_id = run_id or _current_parent()
+    except Exception as exc:  # noqa: BLE001 - creating the parent needs the server; a report does not
+        log.warning("MLflow unreachable, nothing logged to the pipeline's parent run: %s", wal._short(exc))
+        return False
+    if not run_id:
+        return False
+    tracker = StageTracker(run_id, buffer=default_buffer(), reopen=False)
+    log_to(tracker)
+    tracker.flush()
+    return True
+
+
+def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags: dict[str, str],
+                     note: str = "") -> str:
+    """A stage's run, tagged with the code it runs (the git tags are set here and nowhere else)."""
+    all_tags = {"hmsa.stage": stage, "hmsa.kind": "stage", **git_tags(), **tags}
+    if note:
+        all_tags[NOTE] = note
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
     return _client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
@@ -107,6 +186,11 @@ def buffer_dir(run_dir: Path | None = None) -> Path:
     run_dir = run_dir or os.environ.get(ENV_RUN_DIR)
     if run_dir:
         return Path(run_dir).resolve() / "mlflow-wal"
+    return default_buffer()
+
+
+def default_buffer() -> Path:
+    """The log of runs that have no run dir: the parent run, standalone commands."""
     return Path(os.environ.get("HMSA_TRACKING_BUFFER", ".hmsa/tracking")).resolve()
 
 
@@ -115,23 +199,6 @@ def _seconds(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
     except ValueError as exc:
         raise ValueError(f"environment variable {name}: expected seconds, got {os.environ[name]!r}") from exc
-
-
-def slurm_job_id() -> str:
-    return os.environ.get("HMSA_SLURM_JOB_ID") or os.environ.get("SLURM_JOB_ID", "")
-
-
-def data_version(path: Path | str) -> str:
-    """DVC md5 of an input (``hmsa.versioning``), or "" when unknown."""
-    try:
-        from hmsa.versioning import data_version as _version
-    except ImportError:
-        return ""
-    try:
-        return str(_version(Path(path)))
-    except Exception as exc:  # noqa: BLE001 - a tag must never fail a stage
-        log.warning("no data version for %s: %s", path, exc)
-        return ""
 
 
 class StageTracker:
@@ -144,7 +211,7 @@ class StageTracker:
     """
 
     def __init__(self, run_id: str | None = None, enabled: bool = True, buffer: Path | None = None,
-                 reopen: bool = True) -> None:
+                 reopen: bool = True, run_name: str = "") -> None:
         self.enabled = enabled and is_rank_zero()
         self.run_id = run_id
         # A run this object created (a standalone `hmsa train`) is also ended by it; a stage run
@@ -156,19 +223,28 @@ class StageTracker:
         if not self.enabled:
             return
         self._client = _client()
-        if self.run_id is None and not self._create_run():
+        if self.run_id is None and not self._create_run(run_name):
             return
         self.wal = wal.wal_path(buffer or buffer_dir(), str(self.run_id))
+        if self.owned and _STANDALONE:
+            self.set_tags(_STANDALONE["tags"])
+            self.log_text(_STANDALONE["config"], "config.yaml")
         if reopen and not self.owned:
             # Re-open a run that a previous (killed or requeued) attempt left behind.
             self._record({"op": "status", "status": "RUNNING"})
-            if slurm_job_id():
-                self._record({"op": "tags", "t": {"hmsa.slurm_job_id": slurm_job_id()}})
+            if job_tags():
+                self._record({"op": "tags", "t": job_tags()})
 
-    def _create_run(self) -> bool:
+    def _create_run(self, run_name: str) -> bool:
+        """A standalone command's own run, in the pipeline's experiment, named for what it runs."""
+        # `hmsa evaluate` names its run "evaluate · <stage>": the command when the CLI's argv did not say
+        command = _STANDALONE.get("command") or run_name.partition(" · ")[0]
+        name = run_name or _STANDALONE.get("name") or f"{command or 'hmsa'} · {time.strftime('%Y-%m-%d %H:%M')}"
+        note = _STANDALONE.get("note") or f"A standalone `hmsa {command}` (not part of a pipeline invocation)."
+        tags = {"hmsa.kind": "standalone", NOTE: note, **git_tags(command), **job_tags()}
         try:
-            exp = ensure_experiment(os.environ.get(ENV_EXPERIMENT, DEFAULT_EXPERIMENT))
-            self.run_id = self._client.create_run(exp).info.run_id
+            exp = ensure_experiment(experiment_name())
+            self.run_id = self._client.create_run(exp, run_name=name, tags=tags).info.run_id
             return True
         except Exception as exc:  # noqa: BLE001 - without a run id there is nothing to buffer for
             log.warning("MLflow unreachable, this command is not tracked: %s", wal._short(exc))
@@ -176,8 +252,26 @@ class StageTracker:
             return False
 
     @classmethod
-    def from_env(cls) -> StageTracker:
-        return cls(os.environ.get(ENV_RUN_ID) or None, enabled=os.environ.get("HMSA_TRACKING", "1") != "0")
+    def from_env(cls, run_name: str = "") -> StageTracker:
+        """The stage run ``hmsa submit`` handed over, else a new standalone run named ``run_name``."""
+        return cls(os.environ.get(ENV_RUN_ID) or None, enabled=os.environ.get("HMSA_TRACKING", "1") != "0",
+                   run_name=run_name)
+
+    def child(self, key: str, name: str, tags: dict[str, str]) -> StageTracker:
+        """A run nested under this one, e.g. one per evaluation setting. Its creation is the first op of
+        its own write-ahead log, so an outage defers it like any other op; ``key`` makes it unique
+        under this run (a resumed or re-sent creation finds the run it made before). The caller ends
+        it with ``close()``. ``run_id`` is "" until the server has created it."""
+        child = StageTracker(enabled=False)
+        child.enabled, child.owned = self.enabled, True
+        if not self.enabled:
+            return child
+        safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in key)
+        child._client, child._retry_s = self._client, self._retry_s
+        child.wal = wal.wal_path(self.wal.parent, f"{self.run_id}.{safe}")
+        child.run_id = wal.resolved_run_id(child.wal)
+        child._record({"op": "create", "parent": str(self.run_id), "key": key, "name": name, "tags": tags})
+        return child
 
     def _record(self, op: dict[str, Any]) -> None:
         wal.append(self.wal, op)
@@ -190,7 +284,9 @@ class StageTracker:
             return True
         deadline = time.monotonic() + wait
         while True:
-            if wal.flush(self.wal, self._client, str(self.run_id)):
+            done = wal.flush(self.wal, self._client, str(self.run_id))
+            self.run_id = wal.resolved_run_id(self.wal) or self.run_id  # a nested run, once created
+            if done:
                 self._retry_at = 0.0
                 return True
             self._retry_at = time.monotonic() + self._retry_s
@@ -226,14 +322,11 @@ class StageTracker:
         if self.enabled and Path(path).exists():
             self._record({"op": "artifact", "path": str(Path(path).resolve()), "dir": artifact_path})
 
-    def log_provenance(self, config_yaml: str, config_hash: str, inputs: list[Path]) -> None:
-        """The tags that tie a stage run to its code, config, data and job, and the resolved config."""
-        if not self.enabled:
-            return
-        versions = [v for v in (data_version(p) for p in inputs) if v]
-        self.set_tags({"hmsa.git_commit": git_commit(), "hmsa.config_hash": config_hash,
-                       "hmsa.data_version": ",".join(versions), "hmsa.slurm_job_id": slurm_job_id()})
-        self.log_text(config_yaml, "config.yaml")
+    def log_input(self, name: str, digest: str, source: str, context: str, profile: dict[str, Any]) -> None:
+        """A dataset input of the run (the UI's Dataset column): ``digest`` its version."""
+        if self.enabled:
+            self._record({"op": "input", "name": name, "digest": digest, "source": source,
+                          "profile": json.dumps(profile), "tags": {"mlflow.data.context": context}})
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
@@ -271,18 +364,49 @@ def _stage_tracker() -> StageTracker | None:
     return StageTracker(run_id, reopen=False)
 
 
-def stage_provenance(cfg: Any, inputs: list[Path | str]) -> None:
-    """Tag the stage run with git commit, config hash, data version of ``inputs``, SLURM job id, and log
-    the resolved config. Called by the CLI so every stage kind gets the same tags."""
-    tracker = _stage_tracker()
-    if tracker is None:
-        return
+# What a standalone command's own run gets when a tracker creates it (set by ``stage_provenance``).
+_STANDALONE: dict[str, Any] = {}
+_PROVENANCE: dict[str, str] = {}  # the tags of this process's stage, for its nested runs
+
+
+def provenance() -> dict[str, str]:
+    """The provenance tags this process computed (``stage_provenance``), for nested runs to carry."""
+    return {**_PROVENANCE, **job_tags()}
+
+
+def stage_tags() -> dict[str, str]:
+    """The tags ``hmsa submit`` gave this job's stage run (e.g. ``hmsa.paper_rows``)."""
+    try:
+        tags = json.loads(os.environ.get(ENV_STAGE_TAGS) or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+
+def stage_provenance(cfg: Any, inputs: list[Path | str], command: str = "") -> None:
+    """Tag the stage run with its config hash, the dataset's DVC version (``unversioned`` if none), the
+    versions of the other ``inputs``, the job id, and log the resolved config; a standalone command's
+    run (created later, by its tracker) gets the same, plus the git tags; ``command`` names it. Called
+    by the CLI so every stage kind gets the same tags."""
     import yaml
 
     from hmsa import config
 
+    if os.environ.get("HMSA_TRACKING", "1") == "0" or not is_rank_zero():
+        return
+    paths = [Path(p) for p in inputs if p is not None and str(p)]
+    tags = {"hmsa.config_hash": config.config_hash(cfg), **input_tags(cfg.data.root, paths)}
+    _PROVENANCE.clear()
+    _PROVENANCE.update(tags)
     text = yaml.safe_dump(config.to_dict(cfg), sort_keys=False)
-    tracker.log_provenance(text, config.config_hash(cfg), [Path(p) for p in inputs if str(p)])
+    tracker = _stage_tracker()
+    _STANDALONE.clear()
+    if tracker is not None:
+        tracker.set_tags({**tags, **job_tags()})
+        tracker.log_text(text, "config.yaml")
+        return
+    _STANDALONE.update(command=command, tags=tags, config=text,
+                       name=f"{command or 'hmsa'} · {cfg.model.name} · {cfg.data.dataset}")
 
 
 def stage_artifacts(artifacts: dict[str, Path]) -> None:

@@ -5,7 +5,12 @@ Every operation of a run (metrics, params, tags, status, tables, text, artifacts
 then sent in order from the byte offset recorded in ``<run_id>.sent``. When the server is unreachable
 the operations simply stay in the log and go out on the next call that finds it back, at the end of the
 stage, or with ``hmsa track --sync``. Re-sending is harmless: MLflow ignores a metric it already has,
-params and tags re-set the same value, tables and artifacts overwrite.
+params and tags re-set the same value, tables and artifacts overwrite, a dataset input is logged once.
+
+A nested run (one per evaluation setting) is created by the first op of its own log (``create``), so
+it too survives an outage: the log is named ``<parent run id>.<key>.jsonl`` until the run exists, and
+the id the server gave it is kept in ``<...>.run``. Creating finds an existing child of the same parent
+with the same ``hmsa.child_key`` tag first, so a re-sent op or a re-run stage never makes a second one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,21 @@ _MAX_BATCH_METRICS = 1000
 
 def wal_path(directory: Path, run_id: str) -> Path:
     return Path(directory) / f"{run_id}.jsonl"
+
+
+def resolved_run_id(path: Path) -> str:
+    """The run id a nested run's log was created as ("" before its ``create`` op reached the server)."""
+    try:
+        return path.with_suffix(".run").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _write_run_id(path: Path, run_id: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".run.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(run_id)
+    os.replace(tmp, path.with_suffix(".run"))
 
 
 @contextlib.contextmanager
@@ -130,13 +150,43 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
     if not path.exists():
         return True
     with _locked(path):
+        run_id = resolved_run_id(path) or run_id
         for end, op in _group(_pending_ops(path)):
             if op is None:
                 log.warning("%s: skipping a line that is not valid JSON (a writer was killed mid-line)", path)
+            elif op.get("op") == "create":
+                try:
+                    run_id = create_child(client, op)
+                except Exception as exc:  # noqa: BLE001 - nothing after it can be sent without the run
+                    if is_transient(exc):
+                        log.warning("MLflow unreachable (%s); nested run %s kept in %s", _short(exc),
+                                    op.get("key"), path)
+                        return False
+                    # e.g. its parent run was deleted: every op of this log would be refused too
+                    log.warning("MLflow refused to create nested run %s (%s); dropped %s", op.get("key"),
+                                _short(exc), path)
+                    _write_offset(path, path.stat().st_size)
+                    return True
+                _write_run_id(path, run_id)
             elif not _send(client, run_id, op, path):
                 return False
             _write_offset(path, end)
     return True
+
+
+def create_child(client: Any, op: dict[str, Any]) -> str:
+    """The nested run of ``op`` (parent, key, name, tags): found by its key tag, else created."""
+    parent, key = op["parent"], op["key"]
+    experiment = client.get_run(parent).info.experiment_id
+    found = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}' and "
+                               f"tags.`hmsa.child_key` = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":  # a resumed or re-run evaluation logs into it again
+            client.update_run(run_id, status="RUNNING")
+        return run_id
+    tags = {**op.get("tags", {}), "mlflow.parentRunId": parent, "hmsa.child_key": key}
+    return client.create_run(experiment, run_name=op.get("name") or None, tags=tags).info.run_id
 
 
 def _send(client: Any, run_id: str, op: dict[str, Any], path: Path) -> bool:
@@ -189,6 +239,8 @@ def apply(client: Any, run_id: str, op: dict[str, Any]) -> None:
         client.log_text(run_id, op["text"], op["file"])
     elif kind == "artifact":
         _log_artifact(client, run_id, Path(op["path"]), op.get("dir"))
+    elif kind == "input":
+        _log_input(client, run_id, op)
     else:
         raise ValueError(f"unknown tracking op {kind!r}")
 
@@ -218,3 +270,14 @@ def _log_table(client: Any, run_id: str, data: dict[str, list], artifact_file: s
     entry = {"path": artifact_file, "type": "table"}
     if entry not in logged:
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [entry]))
+
+
+def _log_input(client: Any, run_id: str, op: dict[str, Any]) -> None:
+    """A dataset input (the UI's Dataset column). MLflow keeps one row per (name, digest) and per
+    (dataset, run), so a re-sent op adds nothing."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=op["name"], digest=str(op["digest"])[:36], source_type=op.get("source_type", "local"),
+                      source=op["source"], profile=op.get("profile"))
+    tags = [InputTag(k, str(v)) for k, v in (op.get("tags") or {}).items()]
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags)])

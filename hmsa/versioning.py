@@ -180,6 +180,39 @@ def data_version(path: Path) -> str:
     return ""
 
 
+def dataset_version(root: Path) -> str | None:
+    """The DVC version of a dataset: the md5 recorded for ``root`` or, when ``root`` lies inside a
+    versioned folder (the embedded ``data/embedded``), that folder's ``<md5>.dir``. None when nothing
+    records it, or when its files no longer match the record (count or total size differ): a stale
+    hash would be a wrong provenance, so the caller says "unversioned" instead.
+
+    Cheap enough for every stage (one ``stat`` per file, no hashing)."""
+    path = _abs(Path(root))
+    top = dvc_root(path if path.exists() else path.parent)
+    if top is None or not path.is_relative_to(top):
+        return None
+    for candidate in (path, *path.parents):
+        if not candidate.is_relative_to(top) or candidate == top:
+            break
+        dvcfile = dvcfile_for(top, candidate)
+        if dvcfile.is_file():
+            out = (_read(dvcfile).get("outs") or [{}])[0]
+            md5 = str(out.get("md5", ""))
+            return md5 if md5 and _matches(candidate, out) else None
+    return None
+
+
+def _matches(path: Path, out: dict) -> bool:
+    """Whether ``path`` still has the file count and total size its ``.dvc`` record says."""
+    if not path.exists():
+        return False
+    files = _files(path)
+    size = sum(f.stat().st_size for f in files)
+    if "size" in out and int(out["size"]) != size:
+        return False
+    return not (path.is_dir() and "nfiles" in out and int(out["nfiles"]) != len(files))
+
+
 def tracked(root: Path) -> list[Path]:
     """Every ``.dvc`` file under ``versions/``."""
     return sorted((root / VERSIONS_DIR).rglob("*.dvc"))

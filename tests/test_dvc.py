@@ -16,11 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from hmsa import versioning
 from hmsa.cli import main
+from hmsa.compare import setting_of
+from hmsa.dvc_outputs import write_dvc_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -163,7 +166,8 @@ def _tiny_project(repo: Path) -> Path:
     versions (data, two training stages, auto-labelling) and one evaluation, at toy size."""
     for name in ("Snakefile", "dvc.yaml"):
         shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "workflows", repo / "workflows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "workflows", repo / "workflows", ignore=shutil.ignore_patterns("__pycache__"),
+                    dirs_exist_ok=True)
     shutil.copytree(ROOT / "configs", repo / "configs")
     cfg = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
     cfg["train"] = {k: cfg["train"][k] for k in ("mapillary_pretrain", "mapillary_attention", "cityscapes_teacher")}
@@ -192,10 +196,12 @@ VERSIONED = ["data/embedded", "results/prepare_cityscapes/manifest.json", "resul
              "results/cityscapes_teacher/model.pt", "results/cityscapes_teacher/train.json",
              "results/cityscapes_teacher/curves.csv",
              "runs/autolabel/labels", "results/autolabel/manifest.json",
-             "results/evaluate_mapillary/metrics.json", "results/evaluate_mapillary/per_class.csv"]
+             "results/evaluate_mapillary/metrics.json", "results/evaluate_mapillary/per_class.csv",
+             "results/evaluate_mapillary/dvc_metrics.json", "results/per_class/table4.csv"]
 STAGES = {"embedded_data", "prepare_cityscapes", "prepare_mapillary", "mapillary_pretrain", "mapillary_attention",
-          "cityscapes_teacher", "autolabel", "evaluate_mapillary"}
-TARGETS = ["results/autolabel/manifest.json", "results/evaluate_mapillary/metrics.json"]
+          "cityscapes_teacher", "autolabel", "evaluate_mapillary", "per_class_plots"}
+TARGETS = ["results/autolabel/manifest.json", "results/evaluate_mapillary/metrics.json",
+           "results/per_class/table4.csv"]
 
 
 def _snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -253,26 +259,114 @@ def test_round_trip_push_clone_pull_nothing_to_do(tmp_path: Path) -> None:
 def _diffs_between_commits(repo: Path) -> None:
     """dvc.yaml's metrics / params / plots compare two commits: the git-ignored metrics files are
     read from each commit's DVC-tracked copy (removed from the workspace to prove it)."""
-    train = repo / "results/mapillary_pretrain/train.json"
-    metrics = json.loads(train.read_text())
-    train.write_text(json.dumps({**metrics, "train_seconds": metrics["train_seconds"] + 7}))
-    per_class = repo / "results/evaluate_mapillary/per_class.csv"
+    metrics = repo / "results/evaluate_mapillary/dvc_metrics.json"
+    before = json.loads(metrics.read_text())
+    (setting,) = before
+    metrics.write_text(json.dumps({setting: {"miou": before[setting]["miou"] + 7}}))
+    per_class = repo / "results/per_class/table4.csv"
     rows = per_class.read_text().splitlines()
-    per_class.write_text("\n".join([rows[0], rows[1].split(",")[0] + ",0.123456", *rows[2:]]) + "\n")
-    _run([str(BIN / "hmsa"), "version", "add", str(train), str(per_class)], repo)
+    first = rows[1].split(",")[0]
+    per_class.write_text("\n".join([rows[0], rows[1].rsplit(",", 1)[0] + ",12.34", *rows[2:]]) + "\n")
+    _run([str(BIN / "hmsa"), "version", "add", str(metrics), str(per_class)], repo)
     params = repo / "configs/experiments/embedded/mapillary_pretrain.yaml"
     params.write_text(params.read_text() + "seed: 123\n")
     _commit(repo, "retrained")
-    train.unlink()
+    metrics.unlink()
     per_class.unlink()
     dvc = str(BIN / "dvc")
     m = json.loads(_run([dvc, "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)
-    assert m["results/mapillary_pretrain/train.json"]["train_seconds"]["diff"] == pytest.approx(7)
+    assert m["results/evaluate_mapillary/dvc_metrics.json"][f"{setting}.miou"]["diff"] == pytest.approx(7)
     p = json.loads(_run([dvc, "params", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)
     assert p["configs/experiments/embedded/mapillary_pretrain.yaml"]["seed"]["new"] == 123
     plots = json.loads(_run([dvc, "plots", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)["data"]
-    bars = [v for k, v in plots.items() if k.startswith("evaluate_mapillary/")]
-    values = bars[0][0]["content"]["data"]["values"]
-    first = rows[1].split(",")[0]
+    values = plots["table4_per_class_iou"][0]["content"]["data"]["values"]
     assert {(v["rev"], v["class"]) for v in values} >= {("HEAD~1", first), ("HEAD", first)}
-    assert {v["rev"]: v for v in values if v["class"] == first}["HEAD"][rows[0].split(",")[1]] == "0.123456"
+    assert {v["rev"]: v for v in values if v["class"] == first}["HEAD"]["iou"] == "12.34"
+
+
+# --- what `dvc metrics` and `dvc plots` show -------------------------------------------------------
+
+CLASSES = {"cityscapes": ["road", "sidewalk", "building"], "mapillary": [f"Class {i}" for i in range(66)]}
+
+
+def _fake_results(results: Path, pipeline: dict, seed: int) -> dict[str, dict]:
+    """metrics.json of every evaluation of ``pipeline`` (what `hmsa evaluate` writes), random IoUs."""
+    from hmsa.evaluation.settings import parse_setting
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, ev in pipeline["evaluate"].items():
+        settings = {}
+        for spec in ev["settings"]:
+            s = parse_setting(spec)
+            per_class = {c: float(rng.uniform(0, 1)) for c in CLASSES[ev["dataset"]]}
+            per_class[CLASSES[ev["dataset"]][-1]] = None  # a class absent from the split
+            valid = [v for v in per_class.values() if v is not None]
+            settings[s.name] = {"method": s.method, "scales": list(s.scales), "flip": s.flip,
+                                "miou": sum(valid) / len(valid), "pixel_accuracy": 0.9, "per_class": per_class}
+        metrics = {"dataset": ev["dataset"], "split": "val", "images": 2, "model": f"results/{ev['model']}/model.pt",
+                   "mlflow_run_id": "0" * 32, "settings": settings}
+        (results / name).mkdir(parents=True, exist_ok=True)
+        (results / name / "metrics.json").write_text(json.dumps(metrics))
+        write_dvc_metrics(results / name / "dvc_metrics.json", metrics)
+        out[name] = metrics
+    return out
+
+
+def test_metrics_and_plots_read_by_dvc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvc metrics show` has one column per setting (mIoU in %), nothing else; `dvc metrics diff` and
+    `dvc plots diff` compare two commits; one per-class plot per table; dvc_plots/ is git-ignored."""
+    repo = _git_repo(tmp_path / "repo", tmp_path / "remote")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(ROOT / "workflows/dvc", repo / "workflows/dvc")
+    monkeypatch.chdir(repo)
+    pipeline_file = ROOT / "configs/pipeline/embedded.yaml"
+    pipeline = yaml.safe_load(pipeline_file.read_text())
+    first = _fake_results(repo / "results", pipeline, seed=0)
+    for stage in pipeline["train"]:  # the training curves plot reads these
+        (repo / "results" / stage).mkdir(parents=True, exist_ok=True)
+        (repo / "results" / stage / "curves.csv").write_text("step,loss,lr\n1,2.5,0.01\n2,2.0,0.01\n")
+    assert main(["plots", "--pipeline-config", str(pipeline_file), "--results", "results",
+                 "--out-dir", "results/per_class"]) == 0
+    tracked = sorted(str(p.relative_to(repo)) for p in (repo / "results").rglob("*")
+                     if p.name in ("dvc_metrics.json", "curves.csv") or p.parent.name == "per_class")
+    assert main(["version", "add", "--mode", "record", *tracked]) == 0
+    _commit(repo, "first")
+    dvc = str(BIN / "dvc")
+
+    shown = json.loads(_run([dvc, "metrics", "show", "--json"], repo).stdout)
+    files = shown[""]["data"]
+    assert set(files) == {f"results/{e}/dvc_metrics.json" for e in pipeline["evaluate"]}
+    for name, ev in pipeline["evaluate"].items():
+        data = files[f"results/{name}/dvc_metrics.json"]["data"]
+        assert set(data) == set(ev["settings"])  # the config's spelling, one key per setting
+        for spec, value in data.items():
+            expected = first[name]["settings"][setting_of(spec).name]["miou"]
+            assert value == {"miou": pytest.approx(round(100 * expected, 2))}
+    table = _run([dvc, "metrics", "show"], repo).stdout.splitlines()
+    settings = {s for ev in pipeline["evaluate"].values() for s in ev["settings"]}
+    assert table[0].split()[1:] == sorted(f"{s}.miou" for s in settings)  # Path + one column per setting
+
+    # a second commit: one evaluation better by 5 points, the per-class files rewritten
+    name = "evaluate_table2_attention_coarse"
+    (setting,) = pipeline["evaluate"][name]["settings"]
+    metrics_file = repo / f"results/{name}/dvc_metrics.json"
+    old = json.loads(metrics_file.read_text())[setting]["miou"]
+    metrics_file.write_text(json.dumps({setting: {"miou": old + 5}}))
+    assert main(["version", "add", "--mode", "record", str(metrics_file.relative_to(repo))]) == 0
+    _commit(repo, "second")
+    metrics_file.unlink()  # read from each commit's DVC copy
+    diff = json.loads(_run([dvc, "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)
+    assert diff == {f"results/{name}/dvc_metrics.json": {f"{setting}.miou": {
+        "old": old, "new": old + 5, "diff": pytest.approx(5)}}}
+
+    plots = json.loads(_run([dvc, "plots", "diff", "HEAD~1", "HEAD", "--json"], repo).stdout)["data"]
+    assert sorted(plots) == sorted([f"{t}_per_class_iou" for t in pipeline["tables"]] + ["training_loss"])
+    values = plots["table1_per_class_iou"][0]["content"]["data"]["values"]
+    rows = {v["row"] for v in values}
+    assert len(rows) == len(pipeline["tables"]["table1"]) and "table1_single · avgpool:0.5,1,2" in rows
+    assert {v["rev"] for v in values} == {"HEAD~1", "HEAD"}
+    assert len(values) == 2 * len(rows) * 66  # every Mapillary class of every row, per revision
+    _run([dvc, "plots", "show"], repo)
+    assert (repo / "dvc_plots/index.html").is_file()
+    assert subprocess.run(["git", "check-ignore", "-q", "dvc_plots/index.html"], cwd=repo).returncode == 0

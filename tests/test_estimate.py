@@ -51,7 +51,10 @@ def test_declared_times(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _check(result)
     assert {r["source"] for r in result["stages"]} == {"declared"}
     assert all(r["seconds_per_unit"] == 0.8 for r in result["stages"])
-    assert "measured" not in capsys.readouterr().out  # never "measured" for declared times
+    out = capsys.readouterr().out
+    assert "measured" not in out  # never "measured" for declared times
+    # the footer says what the figures are: declared here, nothing derived
+    assert f"declared ({len(_stages())} stage(s))" in out and "derived (" not in out
     teacher = next(r for r in result["stages"] if r["stage"] == "cityscapes_teacher")
     assert teacher["gpus"] == 16 and teacher["units"] == 32539  # 2 nodes x 8 GPUs, 175 epochs
 
@@ -71,6 +74,7 @@ def test_derived_by_default(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
     out = capsys.readouterr().out
     assert not re.search(r"\de[+-]?\d", out) and "measured" not in out and "0.80 s" in out  # plain numbers
     assert f"total: {result['total']['gpu_hours']:.1f} GPU-hours" in out
+    assert f"derived ({len(_stages())} stage(s))" in out and "declared (" not in out
 
 
 def test_flop_relations_of_section_3() -> None:
@@ -140,5 +144,6 @@ def test_measured_on_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture)
     by = {r["stage"]: r for r in result["stages"]}
     assert by["table1_single"]["source"] == "measured on cpu at 0.03x size, scaled by pixels"
     assert by["cityscapes_teacher"]["source"] == "declared"
-    err = capsys.readouterr().err
-    assert "measuring table1_single" in err and "s per unit" in err
+    captured = capsys.readouterr()
+    assert "measuring table1_single" in captured.err and "s per unit" in captured.err
+    assert "measured (1 stage(s)): timed here with --measure, on cpu at 0.03x size" in captured.out

@@ -129,3 +129,35 @@ def _ignored(data: Path) -> int:
     lut = cityscapes_label_to_train_lut()
     files = sorted((data / "cityscapes/gtFine/val").rglob("*_labelIds.png"))
     return int(sum((lut[np.asarray(Image.open(f))] == 255).sum() for f in files))
+
+
+def test_standalone_evaluate_is_tracked_in_the_pipeline_experiment(five_val: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside `hmsa submit`: the run lands in the embedded pipeline's experiment, named for what it
+    ran, with the git commit and config, and each setting as a nested run."""
+    from mlflow.tracking import MlflowClient
+
+    from hmsa import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(tracking.ENV_EXPERIMENT, raising=False)
+    monkeypatch.setenv("HMSA_TRACKING_FINISH_WAIT_SECONDS", "0")
+    model = write_model(tmp_path / "m.pt", 19, CITYSCAPES_CLASSES, bias=CITYSCAPES_CLASSES.index("sky"))
+    assert _evaluate(five_val, "cityscapes", model, tmp_path / "my_eval") == 0
+    metrics = json.loads((tmp_path / "my_eval/metrics.json").read_text())
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT)
+    assert exp is not None and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = client.get_run(metrics["mlflow_run_id"])
+    assert run.info.experiment_id == exp.experiment_id and run.info.status == "FINISHED"
+    assert run.info.run_name == "evaluate · my_eval"
+    t = run.data.tags
+    assert t["hmsa.kind"] == "standalone" and t["mlflow.source.git.commit"] and t["hmsa.config_hash"]
+    assert t["hmsa.data_version"] == "unversioned"
+    assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    (kid,) = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert kid.info.run_name == "my_eval · hierarchical:0.5,1"
+    setting = metrics["settings"]["hierarchical_0.5-1"]
+    assert kid.info.run_id == setting["mlflow_run_id"]
+    assert kid.data.metrics["miou"] == round(100 * setting["miou"], 2) > 0
+    assert kid.data.metrics["iou/sky"] == round(100 * setting["per_class"]["sky"], 2)

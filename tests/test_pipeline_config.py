@@ -115,3 +115,56 @@ def test_three_seed_config_is_the_embedded_one_with_seeds() -> None:
     same = ("cluster", "data", "versioning", "autolabel", "evaluate", "tables")
     assert {k: three[k] for k in same} == {k: EMBEDDED[k] for k in same}
     assert set(three["train"]) == set(EMBEDDED["train"])
+
+
+def test_each_pipeline_config_writes_under_its_own_folders() -> None:
+    """Two configs run in one checkout never overwrite each other; the default keeps the paths the README
+    and users know."""
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "configs/pipeline").glob("*.yaml"))}
+    assert {"embedded.yaml", "paper.yaml", "embedded-3seeds.yaml"} <= set(configs)
+    assert {k: EMBEDDED.get(k, "logs") for k in ("results", "runs", "reports", "logs")} == {
+        "results": "results", "runs": "runs", "reports": "reports", "logs": "logs"}
+    for key in ("results", "runs", "reports", "logs"):
+        dirs = {name: Path(c.get(key, "logs")) for name, c in configs.items()}
+        for a, da in dirs.items():
+            for b, db in dirs.items():
+                if a == b:
+                    continue
+                assert da != db, f"{a} and {b} share {key}: {da}"
+                # the default's folder may hold another config's folder, never the same stage folders
+                if db.is_relative_to(da):
+                    assert db.relative_to(da).parts[0] == configs[b]["name"], (key, a, b)
+    paper = configs["paper.yaml"]
+    assert paper["results"] == "results/paper" and paper["reports"] == "reports/paper"
+    header = (ROOT / "configs/pipeline/paper.yaml").read_text().split("\nname:", 1)[0]
+    assert "paper's recipe" in header and "SLURM" in header and "embedded" not in header.lower()
+
+
+def test_run_summary_reads_the_tables_headline_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's last lines: each table row's mIoU (mean ± std over seeds), 'not run' for a row whose
+    evaluation is missing, where the report and the MLflow UI are."""
+    import json
+
+    from hmsa.pipeline import expand_seeds
+    from hmsa.run_summary import summary
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = copy.deepcopy(EMBEDDED)
+    cfg["seeds"] = [0, 1]
+    pipeline = expand_seeds(cfg)
+    for name, miou in (("evaluate_table2_avgpool_coarse", 0.40), ("evaluate_table2_avgpool_coarse_seed1", 0.50)):
+        (tmp_path / "results" / name).mkdir(parents=True)
+        (tmp_path / "results" / name / "metrics.json").write_text(json.dumps(
+            {"settings": {"avgpool_0.5-1-2_flip": {"miou": miou}}}))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/README.md").write_text("# index\n")
+    text = summary(pipeline, "results", "reports")
+    row = next(line for line in text.splitlines() if "table2_avgpool_coarse · avgpool:0.5,1,2:flip" in line)
+    assert row.split()[0] == "table2" and "45.00 ± 7.07 (2 seeds)" in row
+    assert sum("not run" in line for line in text.splitlines()) == sum(
+        len(v) if isinstance(v, list) else 1 for v in cfg["tables"].values()) - 1
+    assert "Reports: reports/README.md" in text
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in text and "hmsa-embedded" in text
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://login1:5000")
+    assert "MLflow:  http://login1:5000" in summary(pipeline, "results", "reports")

@@ -1,5 +1,6 @@
-"""`hmsa report` on generated results: every cell equals the metrics file it came from, the LaTeX and
-CSV agree with it, the figures are real PNGs, the index lists them, and the parent run gets a copy."""
+"""`hmsa report` on generated results: every cell equals the metrics file it came from, gains sit beside
+the paper's, every table says its split, image count and what its dashes mean, the LaTeX and CSV agree,
+the figures are labelled PNGs, the index lists them, and the parent run gets a copy and the metrics."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from hmsa import tracking
 from hmsa.data.labels import CITYSCAPES_CLASSES
 from hmsa.evaluation.settings import parse_setting
 from hmsa.io import atomic_write_json
-from hmsa.report import build_report
-from hmsa.visualize import read_tiles, save_scale_maps
+from hmsa.report import build_report, paper_tables
+from hmsa.visualize import colorize, grid_meta, label_ids, read_tiles, save_scale_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,8 @@ def _results(tmp: Path, data: Path, pipeline: dict) -> Path:
     for i in range(2):  # the final model's attention grids (what evaluate's save_maps writes)
         per_scale = {s: {"logits": torch.randn(1, 19, 16, 32, generator=g), "attn": torch.rand(1, 1, 16, 32)}
                      for s in (0.5, 1.0)}
-        save_scale_maps(results / "evaluate_student/maps" / f"{i:03d}_h.png", torch.randn(3, 32, 64, generator=g),
+        grid = results / "evaluate_student/maps" / f"{i:03d}_hierarchical_0.5-1_flip.png"
+        save_scale_maps(grid, torch.randn(3, 32, 64, generator=g),
                         torch.randint(0, 19, (32, 64), generator=g), torch.randint(0, 19, (32, 64), generator=g),
                         per_scale, "cityscapes")
     names = sorted(p.relative_to(data / "cityscapes/gtCoarse/train_extra").as_posix()[: -len("_gtCoarse_labelIds.png")]
@@ -114,9 +116,28 @@ def test_cells_equal_the_metrics_files(built: tuple) -> None:
     for name, v in per_class.items():
         got = rows[name]["ours IoU"]
         assert (got == "" if v is None else float(got) == pytest.approx(100 * v, abs=0.005))
+    # one class is absent: no mIoU of ours over all 19; over the 18 present, the paper's mean of the same 18
+    present = [c for c, v in per_class.items() if v is not None]
+    paper = dict(zip(paper_tables()["table3"]["classes"], paper_tables()["table3"]["rows"]["ours"], strict=True))
+    assert rows["mIoU over the paper's 19 classes"]["ours IoU"] == ""
+    assert rows["mIoU over the paper's 19 classes"]["paper IoU"] == "85.1"
+    row18 = rows["mIoU over the 18 classes present"]
+    assert float(row18["ours IoU"]) == pytest.approx(100 * np.mean([per_class[c] for c in present]), abs=0.01)
+    assert float(row18["paper IoU"]) == pytest.approx(np.mean([paper[c.replace(" ", "_")] for c in present]), abs=0.01)
     md = (out / "table3.md").read_text()
     assert "stage `evaluate_student`, git `abc123`" in md  # provenance from the run's tags
-    assert "scored on the `val` split, 2 images" in md
+    assert md.startswith("# Table 3: per-class IoU, ours on the embedded dataset's labelled `val` split (2 images)")
+    assert "— in *ours IoU*: the class occurs neither" in md  # the dash explained
+    # the dataset's DVC version is named as such (none here: no DVC repository); the model hash is not "data"
+    assert "dataset cityscapes (`" in md and "DVC `unversioned`" in md and "data `" not in md
+    for table in ("table1", "table2", "table3", "table4"):
+        md = (out / f"{table}.md").read_text()
+        assert "Ours scored on the `val` split, 2 images (the embedded synthetic" in md, table
+    for table in ("table1", "table2"):  # the gains side by side, no Δ against the paper's absolute numbers
+        cols = (out / f"{table}.csv").read_text().splitlines()[0].split(",")
+        assert cols.index("ours gain") == cols.index("paper gain") + 1 and not any("Δ" in c for c in cols)
+        assert "— in *ours std*: one seed" in (out / f"{table}.md").read_text()
+    assert (out / "table4.csv").read_text().splitlines()[0].endswith(",Δ vs paper")  # moved last
     with open(out / "claims.csv", newline="") as fh:
         claims = list(csv.DictReader(fh))
     assert len(claims) == 8 and all(c["verdict"].endswith("(1 seed)") for c in claims)
@@ -135,7 +156,9 @@ def test_convergence_table_reads_every_training_curve(built: tuple) -> None:
 def test_latex_figures_index_and_parent_run(built: tuple) -> None:
     from mlflow.tracking import MlflowClient
 
-    results, out, _, written = built
+    from hmsa.report_figures import figure5_rows
+
+    results, out, pipeline, written = built
     tex = (out / "table3.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 1 and r"$\Delta$" in tex and "\\bottomrule" in tex
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
@@ -147,9 +170,12 @@ def test_latex_figures_index_and_parent_run(built: tuple) -> None:
             img.verify()
             assert img.format == "PNG"
     # Figure 5 rows are image | prediction | ground truth, cut from the Figure 3 grids
-    grid = read_tiles(results / "evaluate_student/maps/000_h.png", 0)
-    fig5 = read_tiles(out / "figures/figure5_qualitative.png", 0)
-    assert np.array_equal(fig5[1], grid[2]) and np.array_equal(fig5[2], grid[1])
+    grid = read_tiles(results / "evaluate_student/maps/000_hierarchical_0.5-1_flip.png", 0)
+    (name, fig5), _ = figure5_rows(pipeline, results)
+    assert name == "000" and np.array_equal(fig5[1], grid[2]) and np.array_equal(fig5[2], grid[1])
+    # the drawn figures are titled panels, larger than the raw tiles they show
+    with Image.open(out / "figures/figure3_evaluate_student_000_hierarchical_0.5-1_flip.png") as img:
+        assert img.width > 3 * 64 and img.height > 3 * 32
     curves = (out / "figures/training_curves.csv").read_text().splitlines()
     assert "cityscapes_teacher,loss/total,5,0.4" in curves
     index = (out / "README.md").read_text()
@@ -160,7 +186,14 @@ def test_latex_figures_index_and_parent_run(built: tuple) -> None:
     exp = client.get_experiment_by_name("report-test").experiment_id
     (parent,) = client.search_runs([exp], "tags.`hmsa.invocation` = 'inv-report'")
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/table1.tex", "report/README.md", "report/figures"} <= logged
+    assert {"report/table1.tex", "report/README.md", "report/index.html", "report/figures"} <= logged
+    # each table's headline numbers become the parent run's metrics
+    with open(out / "table2.csv", newline="") as fh:
+        table2 = list(csv.DictReader(fh))
+    metrics = client.get_run(parent.info.run_id).data.metrics
+    assert metrics["table2/row1_miou"] == pytest.approx(float(table2[0]["ours mIoU"]))
+    assert metrics["table2/row4_gain"] == pytest.approx(float(table2[3]["ours gain"]))
+    assert "table3/miou_present_classes" in metrics and "table3/miou_all_classes" not in metrics
 
 
 def test_seeds_aggregate_and_claims_verdicts(tmp_path: Path) -> None:
@@ -192,3 +225,51 @@ def test_seeds_aggregate_and_claims_verdicts(tmp_path: Path) -> None:
     assert claims.loc["MS attention gain > 0 with auto-labels", "verdict"] == "within noise"  # -1, +1, -0.5
     assert claims.loc["auto-label gain > 0 with MS attention", "verdict"] == "contradicted"  # -2, -0.5, -1
     assert claims.loc["MS attention gain > 0 with original coarse labels", "paper Δ"] == pytest.approx(0.5)
+
+
+def test_figure3_grid_records_its_scales_and_the_legend_finds_its_classes(tmp_path: Path) -> None:
+    """The grid's PNG names its scales and dataset; the legend lists exactly the classes drawn, in the
+    dataset's own colours (Mapillary's from hmsa.data.labels, not random ones)."""
+    from hmsa.data.labels import MAPILLARY_V12_LABELS
+    from hmsa.visualize import palette
+
+    g = torch.Generator().manual_seed(1)
+    per_scale = {s: {"logits": torch.randn(1, 66, 8, 16, generator=g), "attn": torch.rand(1, 1, 8, 16)}
+                 for s in (0.25, 0.5, 1.0, 2.0)}
+    path = tmp_path / "000_hierarchical_0.25-0.5-1-2.png"
+    save_scale_maps(path, torch.randn(3, 8, 16), torch.full((8, 16), 13), torch.full((8, 16), 27), per_scale,
+                    "mapillary")
+    assert grid_meta(path) == {"hmsa.tile": "8x16", "hmsa.scales": "0.25,0.5,1,2", "hmsa.dataset": "mapillary"}
+    assert palette("mapillary")[55].tolist() == MAPILLARY_V12_LABELS[55]["color"]
+    label = np.array([[13, 27], [255, 27]])
+    assert label_ids([colorize(label, "mapillary")], "mapillary") == [13, 27, 255]
+    assert label_ids([colorize(label, "cityscapes")], "cityscapes") == [13, 255]  # 27: no Cityscapes class
+    # no black padding: the per-scale rows are shorter than the first, their empty tile is white
+    assert (read_tiles(path, 1)[2] == 255).all()
+
+
+def test_training_curve_styles_are_distinct_for_many_seeded_stages() -> None:
+    from hmsa.report_plots import curve_styles
+
+    stages = [f"stage{i}" for i in range(8)] + [f"stage{i}_seed{k}" for i in range(3) for k in (1, 2)]
+    styles = curve_styles(stages)
+    assert len(set(styles.values())) == len(stages) == 14
+    assert styles["stage1"][0] == styles["stage1_seed2"][0] != styles["stage2"][0]  # a stage keeps its colour
+    many = curve_styles([f"s{i}" for i in range(25)])
+    assert len(set(many.values())) == 25
+
+
+def test_provenance_line_names_what_each_hash_is() -> None:
+    """Runs tagged before the fix held the model file's hash in hmsa.data_version: it is printed as the
+    model's. Newer runs hold the dataset's there. A local job is never called a SLURM job."""
+    from hmsa.report_text import _run_line
+
+    old = _run_line("r1", {"hmsa.stage": "ev", "hmsa.git_commit": "c", "hmsa.data_version": "m0d3l",
+                           "hmsa.slurm_job_id": "123"})
+    assert "dataset `not recorded by this run`" in old and "model file (DVC md5) `m0d3l`" in old
+    assert "SLURM job `123`" in old
+    new = _run_line("r2", {"hmsa.stage": "ev", "hmsa.git_commit": "c", "mlflow.source.git.commit": "c",
+                           "hmsa.data_version": "d4t4.dir", "hmsa.input_versions": "model.pt=m0d3l",
+                           "hmsa.local_job_id": "4242"})
+    assert "dataset `d4t4.dir`" in new and "`model.pt=m0d3l`" in new and "local job `4242`" in new
+    assert "SLURM" not in new

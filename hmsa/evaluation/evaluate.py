@@ -20,7 +20,6 @@ from torch import nn
 from hmsa.evaluation.metrics import confusion, summarize
 from hmsa.evaluation.settings import Setting
 from hmsa.io import atomic_write, atomic_write_json, atomic_write_text
-from hmsa.tracking import StageTracker
 from hmsa.training import checkpoint, distributed
 
 log = logging.getLogger("hmsa.evaluate")
@@ -117,7 +116,7 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
                "model_config_hash": meta.get("config_hash", ""), "seconds": round(time.time() - t0, 2),
                "settings": results}
     if dist.is_main:
-        _log_to_mlflow(metrics, names, out_dir)
+        _log_to_mlflow(metrics, names, out_dir, Path(root))
         if save_maps > 0:
             _save_maps(model, ds, settings, min(save_maps, n), out_dir / "maps", dataset)
         atomic_write_text(out_dir / "per_class.csv", _per_class_csv(names, results))
@@ -133,18 +132,11 @@ def _save_npz(path: Path, confs: dict[str, torch.Tensor]) -> None:
         np.savez(fh, **{name: conf.numpy() for name, conf in confs.items()})
 
 
-def _log_to_mlflow(metrics: dict, names: list[str], out_dir: Path) -> None:
-    tracker = StageTracker.from_env()
-    metrics["mlflow_run_id"] = tracker.run_id or ""
-    for name, r in metrics["settings"].items():
-        tracker.log_metrics({f"miou/{name}": r["miou"], f"pixel_accuracy/{name}": r["pixel_accuracy"]})
-        tracker.log_table({"class": names, "iou": [r["per_class"][n] for n in names]},
-                          artifact_file=f"per_class/{name}.json")
-    tracker.log_params({"eval.dataset": metrics["dataset"], "eval.split": metrics["split"],
-                        "eval.model": metrics["model"], "eval.images": metrics["images"],
-                        "eval.settings": ",".join(metrics["settings"])})
-    tracker.set_tags({"hmsa.eval_images": str(metrics["images"])})
-    tracker.close()
+def _log_to_mlflow(metrics: dict, names: list[str], out_dir: Path, root: Path | None = None) -> None:
+    """The stage run and one nested run per setting (``hmsa.evaluation.mlflow_runs``)."""
+    from hmsa.evaluation.mlflow_runs import log_evaluation
+
+    log_evaluation(metrics, names, out_dir, root)
 
 
 def _save_maps(model: nn.Module, ds: Any, settings: list[Setting], count: int, out: Path,

@@ -19,6 +19,13 @@ class Setting:
         scales = "-".join(f"{s:g}" for s in self.scales)
         return f"{self.method}_{scales}" + ("_flip" if self.flip else "")
 
+    @property
+    def spec(self) -> str:
+        """The spelling of configs and ``--setting``: ``hierarchical:0.5,1,2:flip`` (``parse_setting``'s
+        input; ``name`` is the file- and key-safe form)."""
+        scales = ",".join(f"{s:g}" for s in self.scales)
+        return f"{self.method}:{scales}" + (":flip" if self.flip else "")
+
 
 def parse_setting(text: str) -> Setting:
     """``method:s1,s2,...[:flip]``, e.g. ``hierarchical:0.25,0.5,1,2:flip``."""

@@ -30,7 +30,7 @@ for _name, _st in config.get("autolabel", {}).items():
         threads:
             stage_threads(_name, "autolabel")
         log:
-            f"logs/{_name}.log",
+            f"{LOGS}/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind autolabel --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} -- autolabel --config {input.experiment:q} "

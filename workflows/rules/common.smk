@@ -11,6 +11,7 @@ ROOT = Path(workflow.basedir)
 RESULTS = config["results"]
 RUNS = config["runs"]
 REPORTS = config["reports"]
+LOGS = config.get("logs", "logs")  # each rule's log: <logs>/<stage>.log
 CLUSTER = str(ROOT / config["cluster"])
 
 # Shell commands find the `hmsa` script of the interpreter running Snakemake (the project's venv).
@@ -115,6 +116,11 @@ def report_outputs():
     ]
 
 
+def per_class_plot_outputs():
+    """One CSV per table (hmsa/dvc_outputs.py): what dvc.yaml's per-class IoU heatmaps read."""
+    return [f"{RESULTS}/per_class/{t}.csv" for t in config["tables"]]
+
+
 def close_tracking(status):
     """Send what stages logged while the tracking server was unreachable, then close the invocation's
     MLflow parent run if a stage opened one. A tracking outage never fails the pipeline: what is
@@ -129,8 +135,19 @@ def close_tracking(status):
         print(f"hmsa: MLflow not fully updated ({exc}); run `hmsa track --sync {RUNS}` later", file=sys.stderr)
 
 
+def print_summary():
+    """The run's last lines: each table's headline mIoU, where the report and the MLflow UI are."""
+    from hmsa.run_summary import summary
+
+    try:
+        print(summary(config, RESULTS, REPORTS), file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a summary never fails a finished run
+        print(f"hmsa: no summary ({exc}); the report is in {REPORTS}/", file=sys.stderr)
+
+
 onsuccess:
     close_tracking("FINISHED")
+    print_summary()
 
 
 onerror:

@@ -33,7 +33,7 @@ if config["data"]["embedded"]:
             ],
             versioning=versioning_mode(),
         log:
-            "logs/embedded_data.log",
+            f"{LOGS}/embedded_data.log",
         shell:
             "hmsa data synth --out {params.out:q} --seed {params.seed:q} {params.counts:q} > {log:q} 2>&1 && "
             "hmsa version add --mode {params.versioning:q} {params.out:q} >> {log:q} 2>&1"
@@ -66,7 +66,7 @@ for _ds in ("cityscapes", "mapillary"):
         threads:
             stage_threads(f"prepare_{_ds}", "prepare")
         log:
-            f"logs/prepare_{_ds}.log",
+            f"{LOGS}/prepare_{_ds}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind prepare --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} -- data prepare --dataset {params.dataset:q} "

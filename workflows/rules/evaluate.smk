@@ -13,6 +13,8 @@ for _name, _ev in config["evaluate"].items():
         output:
             metrics=f"{RESULTS}/{_name}/metrics.json",
             per_class=f"{RESULTS}/{_name}/per_class.csv",
+            # mIoU (%) per setting and nothing else: what `dvc metrics show/diff` reads (dvc.yaml)
+            dvc_metrics=f"{RESULTS}/{_name}/dvc_metrics.json",
         params:
             stage=_name,
             run_dir=f"{RUNS}/{_name}",
@@ -30,10 +32,11 @@ for _name, _ev in config["evaluate"].items():
         threads:
             stage_threads(_name, "evaluate")
         log:
-            f"logs/{_name}.log",
+            f"{LOGS}/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind evaluate --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} {params.tags:q} -- evaluate --config {input.experiment:q} "
             "--model {input.model:q} --out-dir {params.out_dir:q} {params.settings:q} {params.predictions:q} "
             "{params.overrides:q} > {log:q} 2>&1 && "
-            "hmsa version add --mode {params.versioning:q} {output.metrics:q} {output.per_class:q} >> {log:q} 2>&1"
+            "hmsa version add --mode {params.versioning:q} {output.metrics:q} {output.per_class:q} "
+            "{output.dvc_metrics:q} >> {log:q} 2>&1"

@@ -13,13 +13,33 @@ rule report:
         # the paper's findings over seeds (hmsa/claims.py), when Table 1 or 2 is reproduced
         claims=[f"{REPORTS}/claims.{ext}" for ext in ("md", "csv") if {"table1", "table2"} & set(config["tables"])],
         index=f"{REPORTS}/README.md",
+        # every table and figure on one self-contained page (hmsa/report_html.py)
+        html=f"{REPORTS}/index.html",
     params:
         pipeline=workflow.configfiles[-1],
         results=RESULTS,
         runs=RUNS,
         out=REPORTS,
     log:
-        "logs/report.log",
+        f"{LOGS}/report.log",
     shell:
         "hmsa report --pipeline-config {params.pipeline:q} --results {params.results:q} "
         "--runs {params.runs:q} --out {params.out:q} > {log:q} 2>&1"
+
+
+# Per-class IoU of every row of each table, the data of dvc.yaml's one-heatmap-per-table plots.
+rule per_class_plots:
+    input:
+        metrics=expand(f"{RESULTS}/{{name}}/metrics.json", name=list(config["evaluate"])),
+    output:
+        csv=per_class_plot_outputs(),
+    params:
+        pipeline=workflow.configfiles[-1],
+        results=RESULTS,
+        out=f"{RESULTS}/per_class",
+        versioning=versioning_mode(),
+    log:
+        f"{LOGS}/per_class_plots.log",
+    shell:
+        "hmsa plots --pipeline-config {params.pipeline:q} --results {params.results:q} --out-dir {params.out:q} "
+        "> {log:q} 2>&1 && hmsa version add --mode {params.versioning:q} {output.csv:q} >> {log:q} 2>&1"

@@ -38,7 +38,7 @@ for _name, _st in config["train"].items():
         threads:
             stage_threads(_name, "train")
         log:
-            f"logs/{_name}.log",
+            f"{LOGS}/{_name}.log",
         shell:
             "hmsa submit --stage {params.stage:q} --kind train --run-dir {params.run_dir:q} "
             "--cluster {params.cluster:q} {params.expect:q} -- train --config {input.experiment:q} "
