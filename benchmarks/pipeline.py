@@ -40,7 +40,9 @@ def main() -> int:
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hmsa-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]
     full, proc = _run(workdir)
+    load_after = os.getloadavg()[0]
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         return 1
@@ -51,6 +53,7 @@ def main() -> int:
         "noop_run_seconds": round(noop, 2), "noop_run_target_seconds": 5, "noop_nothing_to_be_done": nothing,
         "jobs": proc.stderr.count("Finished job") + proc.stdout.count("Finished job"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "workdir": "an empty directory (temporary unless --workdir)",
     }
     write_result(args.out, result)
