@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hmsa import tracking
 from hmsa.launch import ClusterConfigError, load_cluster, submit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +51,7 @@ def test_submit_runs_a_stage_and_records_the_job(tmp_path: Path, monkeypatch: py
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("hmsa").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT).experiment_id])
     stage = [r for r in runs if r.data.tags.get("hmsa.stage") == "demo"]
     parent = [r for r in runs if r.data.tags.get("hmsa.invocation") == "inv-test"]
     assert len(stage) == 1 and stage[0].info.status == "FINISHED"
@@ -123,7 +124,7 @@ def test_compute_rules_declare_the_threads_of_their_cluster_file(tmp_path: Path)
                        "kinds: {evaluate: {cpus_per_task: 1}}\nstages: {cityscapes_teacher: {cpus_per_task: 5}}\n")
     cmd = [str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n", "--directory",
            str(tmp_path), "--profile", str(ROOT / "workflows/profiles/default"), "--cores", "8",
-           "--config", f"cluster={cluster}"]
+           "--printshellcmds", "--config", f"cluster={cluster}"]  # the profile hides shell commands
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     blocks = dict(re.findall(r"rule (\w+):\n(.*?)\n\n", out.stdout + out.stderr, re.S))
