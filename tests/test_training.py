@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hmsa import config
+from hmsa.tracking import DEFAULT_EXPERIMENT
 from hmsa.training import checkpoint, loop, precision
 from hmsa.training import state as train_state
 
@@ -38,7 +39,7 @@ def test_train_writes_model_metrics_and_resolved_config(embedded_data: Path, tmp
     from mlflow.tracking import MlflowClient  # a standalone run is tracked and ended
 
     client = MlflowClient()
-    (mlrun,) = client.search_runs([client.get_experiment_by_name("hmsa").experiment_id])
+    (mlrun,) = client.search_runs([client.get_experiment_by_name(DEFAULT_EXPERIMENT).experiment_id])
     assert mlrun.info.status == "FINISHED" and mlrun.data.params["train.iterations"] == "4"
     assert "loss/total" in mlrun.data.metrics
 
