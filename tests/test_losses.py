@@ -24,5 +24,5 @@ def test_a_batch_without_a_labelled_pixel_gives_zero_loss_and_zero_gradients() -
     out = {"fused": logits, "aux": logits * 2, "per_scale": {0.5: logits, 1.0: logits}}
     loss, terms = total_loss(out, target, "cross_entropy", aux_weight=0.4, scale_weight=0.05)
     loss.backward()
-    assert float(loss) == 0.0 and all(v == 0.0 for v in terms.values())
+    assert float(loss.detach()) == 0.0 and all(v == 0.0 for v in terms.values())
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
