@@ -196,14 +196,13 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> list[Path]
 
 def _convergence(pipeline: dict, results: Path, out: Path) -> list[Path]:
     """``convergence.{md,csv}``: is each training stage's loss flat over the last fifth of its run?"""
-    from hmsa.convergence import __doc__ as rule
-    from hmsa.convergence import convergence_table
+    from hmsa.convergence import RULE, convergence_table
 
     df = convergence_table(pipeline, results)
     if df is None:
         return []
     flat = int((df["verdict"] == "flat").sum())
-    notes = [" ".join(rule.split("\n\n", 1)[1].split()),
+    notes = [RULE,
              f"{flat} of {len(df)} training stages flat. Loss: the logged per-batch training loss (all terms)."]
     md = _markdown("Convergence", "Training loss over the last fifth of each training stage", df, pipeline, notes)
     paths = [out / "convergence.md", out / "convergence.csv"]
