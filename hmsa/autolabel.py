@@ -174,9 +174,10 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     manifest: dict[str, Any] = {}
     parts = [_part_path(out_dir, key, j, total) for j in range(total)]
     if dist.is_main and all(p.exists() for p in parts):
-        manifest = _merge_manifest(parts, n, meta, threshold, method, scales, flip, model_path, out_dir, split)
+        loaded = [read_json(p) for p in parts]
+        manifest = _merge_manifest(loaded, n, meta, threshold, method, scales, flip, model_path, out_dir, split)
         if truth is not None:
-            manifest["quality"] = _merge_quality(parts, meta["class_names"], truth)
+            manifest["quality"] = _merge_quality(loaded, meta["class_names"], truth)
         atomic_write_json(Path(manifest_path), manifest)
         _log(manifest, meta["class_names"])
     elif dist.is_main:
@@ -186,12 +187,12 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     return manifest
 
 
-def _merge_manifest(parts: list[Path], n: int, meta: dict, threshold: float, method: str,
+def _merge_manifest(parts: list[dict], n: int, meta: dict, threshold: float, method: str,
                     scales: list[float], flip: bool, model_path: Path, out_dir: Path,
                     split: str) -> dict[str, Any]:
     images: dict[str, Any] = {}
     for part in parts:
-        images.update(read_json(part)["images"])
+        images.update(part["images"])
     if len(images) != n:
         raise RuntimeError(f"auto-labelled {len(images)} images, expected {n}")
     names = meta["class_names"]
@@ -204,8 +205,8 @@ def _merge_manifest(parts: list[Path], n: int, meta: dict, threshold: float, met
             "per_image": {k: images[k]["labelled_fraction"] for k in sorted(images)}}
 
 
-def _merge_quality(parts: list[Path], names: list[str], truth: Path) -> dict[str, Any]:
-    cells = [read_json(p)["quality_counts"] for p in parts]
+def _merge_quality(parts: list[dict], names: list[str], truth: Path) -> dict[str, Any]:
+    cells = [p["quality_counts"] for p in parts]
     return {"truth": str(truth), **autolabel_quality.summarize(autolabel_quality.merge_cells(cells, len(names)),
                                                                names)}
 

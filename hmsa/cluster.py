@@ -6,12 +6,13 @@ defaults < kinds (prepare / train / autolabel / evaluate) < stages; every key ma
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hmsa.pipeline import base_stage
 
 EXECUTORS = ("local", "slurm", "debug")
 # Resource keys accepted in a cluster file, mapped to submitit's AutoExecutor parameter names.
@@ -39,7 +40,7 @@ class ClusterConfig:
     def resources(self, stage: str, kind: str) -> dict[str, Any]:
         """defaults < per-kind < per-stage."""
         # a stage's per-seed copies (``<stage>_seed<N>``, hmsa.pipeline) ask for what the stage asks for
-        base = re.sub(r"_seed[0-9]+$", "", stage)
+        base = base_stage(stage)
         return {**self.defaults, **self.kinds.get(kind, {}), **self.stages.get(base, {}), **self.stages.get(stage, {})}
 
 

@@ -1,10 +1,6 @@
 """Did each training stage converge? A table from the loss curves every training writes
-(``<results>/<stage>/curves.csv``: step, loss, lr), for the report (``convergence.{md,csv}``).
-
-A run counts as converged when its loss is flat over the last fifth of the run: a straight line fitted
-to the logged losses of that fifth changes, from its first to its last step, by less than the scatter
-of the points around it (their standard deviation). The per-batch loss of a small batch is noisy, so a
-trend smaller than that scatter cannot be told from noise with these points; a larger one can.
+(``<results>/<stage>/curves.csv``: step, loss, lr), for the report (``convergence.{md,csv}``), judged
+by :data:`RULE`.
 """
 
 from __future__ import annotations
@@ -15,6 +11,12 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
+
+#: the verdict's rule, as the report prints it
+RULE = ("A run counts as converged when its loss is flat over the last fifth of the run: a straight line fitted "
+        "to the logged losses of that fifth changes, from its first to its last step, by less than the scatter "
+        "of the points around it (their standard deviation). The per-batch loss of a small batch is noisy, so a "
+        "trend smaller than that scatter cannot be told from noise with these points; a larger one can.")
 
 #: columns of the table, in order
 COLUMNS = ["stage", "iterations", "points in last fifth", "loss, 4th fifth", "loss, last fifth",

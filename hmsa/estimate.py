@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import statistics
 import sys
 import time
@@ -276,10 +275,9 @@ def _shown_path(path: Path, project: Path) -> str:
 
 def _declared_for(stage: str, declared: dict[str, float]) -> float | None:
     """A stage's declared seconds: its own, else its base stage's (``X_seed2`` takes ``X``'s)."""
-    if stage in declared:
-        return declared[stage]
-    base = re.fullmatch(r"(.+)_seed\d+", stage)
-    return declared.get(base.group(1)) if base else None
+    from hmsa.pipeline import base_stage
+
+    return declared.get(stage, declared.get(base_stage(stage)))
 
 
 def estimate(pipeline_file: Path, project: Path, workdir: Path, do_measure: bool = False, scale: float = 1.0,

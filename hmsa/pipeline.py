@@ -4,6 +4,7 @@ the key, instead of a schema dump or a missing-input error three rules later."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -64,6 +65,11 @@ def check(config: dict, schema_path: Path, sources: list[str]) -> None:
 def seed_stage(base: str, seed: int) -> str:
     """The stage name of ``base`` trained with ``seed``: seed 0 keeps the plain name."""
     return base if seed == 0 else f"{base}_seed{seed}"
+
+
+def base_stage(stage: str) -> str:
+    """The stage a per-seed copy was made from (:func:`seed_stage` undone): ``X_seed2`` -> ``X``."""
+    return re.sub(r"_seed[0-9]+$", "", stage)
 
 
 def expand_seeds(config: dict) -> dict:

@@ -209,14 +209,13 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list
 
 def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
     """``convergence.{md,csv}``: is each training stage's loss flat over the last fifth of its run?"""
-    from hmsa.convergence import __doc__ as rule
-    from hmsa.convergence import convergence_table
+    from hmsa.convergence import RULE, convergence_table
 
     df = convergence_table(pipeline, results)
     if df is None:
         return None
     flat = int((df["verdict"] == "flat").sum())
-    notes = [" ".join(rule.split("\n\n", 1)[1].split()),
+    notes = [RULE,
              f"{flat} of {len(df)} training stages flat. Loss: the logged per-batch training loss (all terms).",
              *text.dash_notes(df)]
     title, caption = "Convergence", "Training loss over the last fifth of each training stage"

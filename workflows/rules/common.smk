@@ -1,11 +1,10 @@
 # Shared wiring: paths derived from the pipeline config, and the environment every stage inherits.
 import os
-import re
 import sys
 import uuid
 from pathlib import Path
 
-import yaml
+from hmsa.cluster import ClusterConfigError, load_cluster
 
 ROOT = Path(workflow.basedir)
 RESULTS = config["results"]
@@ -26,18 +25,14 @@ if _uri.startswith("sqlite:///") and not _uri.startswith("sqlite:////"):
 os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
 
 
-_CLUSTER_CFG = yaml.safe_load(Path(CLUSTER).read_text()) or {}
+try:  # read and checked as `hmsa submit` reads it: defaults < kinds < stages, per-seed copies included
+    _CLUSTER_CFG = load_cluster(CLUSTER)
+except ClusterConfigError as exc:
+    sys.exit(str(exc))
 
 
 def _stage_cluster(stage, kind):
-    """The stage's entry of the cluster file: defaults < kinds < stages (as hmsa/cluster.py reads it)."""
-    return {
-        **(_CLUSTER_CFG.get("defaults") or {}),
-        **((_CLUSTER_CFG.get("kinds") or {}).get(kind) or {}),
-        # per-seed copies (<stage>_seed<N>) ask for what their stage asks for
-        **((_CLUSTER_CFG.get("stages") or {}).get(re.sub(r"_seed[0-9]+$", "", stage)) or {}),
-        **((_CLUSTER_CFG.get("stages") or {}).get(stage) or {}),
-    }
+    return _CLUSTER_CFG.resources(stage, kind)
 
 
 def stage_resources(stage, kind):
