@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=_Version)
     # The command lists are written out in the epilog (argparse's own listing cannot group them)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", prog="hmsa", help=argparse.SUPPRESS)
     _data(sub)
     _train_eval(sub)
     _study(sub)

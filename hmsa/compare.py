@@ -182,9 +182,9 @@ def _display_name(client: Any, ref: str, run_id: str) -> str:
 def compare(ref_a: str, ref_b: str, out: Path | None = None, settings: list[str] | None = None,
             experiment: str = "") -> str:
     """Print-ready Markdown of the two runs' per-class IoU; also a CSV when ``out`` is given."""
-    from hmsa.tracking import _client
+    from hmsa.tracking import mlflow_client
 
-    client = _client()
+    client = mlflow_client()
     run_a, run_b = resolve_run(client, ref_a, experiment), resolve_run(client, ref_b, experiment)
     names = (_display_name(client, ref_a, run_a), _display_name(client, ref_b, run_b))
     df = table(client, run_a, run_b, settings, names)

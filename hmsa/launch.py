@@ -172,7 +172,7 @@ def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str])
         from hmsa.io import read_json
 
         previous = read_json(record)
-        status = tracking._client().get_run(previous["run_id"]).info.status
+        status = tracking.mlflow_client().get_run(previous["run_id"]).info.status
         # An unfinished run is continued (resume after a crash); a finished one is not reopened.
         if status != "FINISHED":
             run_id = previous["run_id"]

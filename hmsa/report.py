@@ -305,7 +305,7 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
 
 def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | None = None) -> None:
     """The report goes to the parent run of this pipeline invocation (Snakemake sets the id), and the
-    tables' headline numbers become its metrics (``hmsa.tracking.log_parent_metrics``, when present)."""
+    tables' headline numbers become its metrics (``hmsa.tracking.log_parent_metrics``)."""
     from hmsa import tracking
 
     invocation = os.environ.get(tracking.ENV_INVOCATION, "")
@@ -322,10 +322,9 @@ def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | Non
         rel = p.parent.relative_to(out)
         tracker.log_artifact(p, "report" if str(rel) == "." else f"report/{rel}")
     tracker.close()
-    log_metrics = getattr(tracking, "log_parent_metrics", None)  # added with the MLflow rework (issue 14)
-    if metrics and log_metrics is not None:
+    if metrics:
         try:
-            log_metrics(metrics, run_id=parent)
+            tracking.log_parent_metrics(metrics, run_id=parent)
         except Exception as exc:  # noqa: BLE001 - as above: MLflow holds a copy
             log.warning("table metrics not logged to the parent run: %s", exc)
 

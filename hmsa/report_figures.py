@@ -139,7 +139,7 @@ def _histories(client: Any, run_id: str) -> dict[str, list[tuple[int, float]]]:
 def training_curves(pipeline: dict, results: Path, out: Path) -> list[Path]:
     """Loss and learning rate of every training stage, from its MLflow run (``train.json`` names it);
     the plotted values also go to ``training_curves.csv``."""
-    from hmsa.tracking import _client
+    from hmsa.tracking import mlflow_client
 
     curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
     client = None
@@ -149,7 +149,7 @@ def training_curves(pipeline: dict, results: Path, out: Path) -> list[Path]:
         if not run_id:
             continue
         try:
-            client = client or _client()
+            client = client or mlflow_client()
             curves[stage] = _histories(client, run_id)
         except Exception as exc:  # noqa: BLE001 - an unreachable server leaves the curves out, not the report
             log.warning("training curves: MLflow run %s of %s not readable: %s", run_id, stage, exc)

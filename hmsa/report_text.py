@@ -126,10 +126,10 @@ def provenance(runs: list[str], pipeline: dict, datasets: list[str]) -> list[str
     runs = [r for r in dict.fromkeys(runs) if r]
     if not runs or os.environ.get("HMSA_TRACKING", "1") == "0":
         return lines
-    from hmsa.tracking import _client
+    from hmsa.tracking import mlflow_client
 
     try:
-        client = _client()
+        client = mlflow_client()
         tags: list[tuple[str, Any]] = [(run, client.get_run(run).data.tags) for run in runs]
     except Exception as exc:  # noqa: BLE001 - the tables stand without it
         log.warning("provenance of the runs left out, MLflow not readable: %s", exc)

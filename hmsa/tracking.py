@@ -19,7 +19,7 @@ from hmsa.io import file_lock
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "get_or_create_parent",
-           "git_commit", "log_parent_metrics", "log_parent_params", "stage_provenance", "sync"]
+           "git_commit", "log_parent_metrics", "log_parent_params", "mlflow_client", "stage_provenance", "sync"]
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -30,7 +30,7 @@ ENV_EXPERIMENT = "HMSA_MLFLOW_EXPERIMENT"
 ENV_RUN_DIR = "HMSA_RUN_DIR"
 ENV_STAGE = "HMSA_STAGE"  # the stage's name, handed to its job by `hmsa submit`
 ENV_STAGE_TAGS = "HMSA_STAGE_TAGS"  # JSON: the tags `hmsa submit` gave the stage run (children inherit them)
-ENV_PIPELINE_CONFIG = "HMSA_PIPELINE_CONFIG"  # a YAML/JSON file: the pipeline config, the parent's params
+ENV_PIPELINE_CONFIG = "HMSA_PIPELINE_CONFIG"  # the pipeline config (JSON, or a file): the parent's params
 # The embedded pipeline's experiment: a standalone `hmsa train/evaluate` lands beside the pipeline's runs.
 DEFAULT_EXPERIMENT = "hmsa-embedded"
 # Without this tag MLflow 3 guesses the experiment's kind and may open it in the GenAI (traces) view.
@@ -44,7 +44,8 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
-def _client() -> Any:
+def mlflow_client() -> Any:
+    """The MLflow client, with bounded HTTP retries (a down server costs seconds, not minutes)."""
     from mlflow.tracking import MlflowClient  # lazy: mlflow takes seconds to import
 
     for key, value in HTTP_DEFAULTS.items():
@@ -60,7 +61,7 @@ def experiment_name() -> str:
 def ensure_experiment(name: str) -> str:
     """Create the experiment once (under a lock), marked as model development; return its id."""
     with file_lock("experiment"):
-        client = _client()
+        client = mlflow_client()
         exp = client.get_experiment_by_name(name)
         if exp is None:
             return client.create_experiment(name, tags=EXPERIMENT_KIND)
@@ -74,7 +75,7 @@ def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, st
     """The parent run of one pipeline invocation; created by whichever stage submits first."""
     pipeline = _pipeline_config()
     with file_lock("parent"):
-        client = _client()
+        client = mlflow_client()
         found = client.search_runs([experiment_id], f"tags.`hmsa.invocation` = '{invocation}'",
                                    max_results=1)
         if found:
@@ -96,16 +97,17 @@ def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, st
 
 
 def _pipeline_config() -> dict[str, Any]:
-    """The pipeline config named by ``HMSA_PIPELINE_CONFIG`` ({} when unset or unreadable)."""
-    path = os.environ.get(ENV_PIPELINE_CONFIG)
-    if not path:
+    """The pipeline config in ``HMSA_PIPELINE_CONFIG``: inline JSON (what the Snakefile sets) or the
+    path of a YAML/JSON file; {} when unset or unreadable."""
+    value = os.environ.get(ENV_PIPELINE_CONFIG, "").strip()
+    if not value:
         return {}
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text())  # JSON is YAML too
+        data = yaml.safe_load(value if value.startswith("{") else Path(value).read_text())  # JSON is YAML
     except (OSError, yaml.YAMLError) as exc:
-        log.warning("%s=%s: not readable, the parent run gets no params: %s", ENV_PIPELINE_CONFIG, path, exc)
+        log.warning("%s: not readable, the parent run gets no params: %s", ENV_PIPELINE_CONFIG, exc)
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -165,7 +167,7 @@ def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags
         all_tags[NOTE] = note
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
-    return _client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
+    return mlflow_client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
 
 
 def finish_run(run_id: str, status: str = "FINISHED", run_dir: Path | None = None) -> bool:
@@ -222,7 +224,7 @@ class StageTracker:
         self._retry_s = _seconds("HMSA_TRACKING_RETRY_SECONDS", 30)
         if not self.enabled:
             return
-        self._client = _client()
+        self._client = mlflow_client()
         if self.run_id is None and not self._create_run(run_name):
             return
         self.wal = wal.wal_path(buffer or buffer_dir(), str(self.run_id))

@@ -57,6 +57,12 @@ def test_every_option_and_argument_has_help() -> None:
         assert helps[key] and len(helps[key]) > 10, key
 
 
+def test_each_command_is_named_in_its_own_usage() -> None:
+    for path, p in _parsers(build_parser()):
+        if path != "hmsa":
+            assert p.format_usage().startswith(f"usage: {path} "), p.format_usage()
+
+
 def test_version_from_package_metadata() -> None:
     out = subprocess.run([*HMSA, "--version"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == f"hmsa {version('hmsa')}"

@@ -94,6 +94,8 @@ def test_whole_dag_runs_and_is_tracked(tmp_path: Path) -> None:
     runs = _mlflow_runs(work / "mlflow.db")
     parents = [r for r in runs if r.data.tags.get("hmsa.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # The parent run's params are the resolved pipeline config (what `mlflow ui` compares invocations by)
+    assert parents[0].data.params["tracking.experiment"] == cfg["tracking"]["experiment"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert {r.data.tags["hmsa.stage"] for r in children} == stages
     assert all(r.info.status == "FINISHED" for r in children)

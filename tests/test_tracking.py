@@ -350,8 +350,8 @@ def test_parent_run_carries_the_pipeline_config_and_summary_metrics(tmp_path: Pa
     monkeypatch.chdir(tmp_path)
     pipeline = {"name": "embedded", "tracking": {"experiment": "pipe"}, "evaluate": {"e1": {
         "settings": ["hierarchical:0.5,1"]}}}
-    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    monkeypatch.setenv(tracking.ENV_PIPELINE_CONFIG, str(tmp_path / "pipeline.yaml"))
+    # Inline JSON, as the Snakefile sets it (a file path is read the same way)
+    monkeypatch.setenv(tracking.ENV_PIPELINE_CONFIG, json.dumps(pipeline))
     monkeypatch.setenv(tracking.ENV_INVOCATION, "inv-p")
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "pipe")
     assert tracking.log_parent_metrics({"table1/gain": 1.25, "table2/miou": 55.5})

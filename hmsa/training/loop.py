@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from hmsa import config as cfgmod
 from hmsa.io import atomic_write_json
-from hmsa.tracking import ENV_RUN_ID, StageTracker, git_commit
+from hmsa.tracking import ENV_RUN_ID, StageTracker
 from hmsa.training import checkpoint, curves, distributed, optim, precision, state
 from hmsa.training.batches import IterationBatches, PooledDataset
 from hmsa.training.losses import total_loss
@@ -166,9 +166,9 @@ def _tracker(saved: dict[str, Any] | None) -> StageTracker:
     previous = str((saved or {}).get("mlflow_run_id") or "")
     if previous and not os.environ.get(ENV_RUN_ID) and os.environ.get("HMSA_TRACKING", "1") != "0":
         try:
-            from hmsa.tracking import _client
+            from hmsa.tracking import mlflow_client
 
-            _client().get_run(previous)
+            mlflow_client().get_run(previous)
         except Exception:  # noqa: BLE001 - another store, a deleted run, an outage: start a new run
             log.warning("MLflow run %s of the checkpoint not found: logging to a new run", previous)
         else:
@@ -202,8 +202,8 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     if dist.is_main:
         cfgmod.dump(cfg, run_dir / "config.yaml")
         tracker.log_params(cfgmod.flatten(cfgmod.to_dict(cfg)))
-        tracker.set_tags({"hmsa.config_hash": cfgmod.config_hash(cfg), "hmsa.git_commit": git_commit(),
-                          "hmsa.run_dir": str(run_dir.resolve()), "hmsa.amp": str(prec.active),
+        # The config hash and the git tags come from `stage_provenance` / run creation, once.
+        tracker.set_tags({"hmsa.run_dir": str(run_dir.resolve()), "hmsa.amp": str(prec.active),
                           "hmsa.sync_bn": str(sync_bn)})
     t0 = time.time()
     centroids = pool_centroids(cfg, pools, run_dir)

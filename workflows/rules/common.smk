@@ -1,4 +1,5 @@
 # Shared wiring: paths derived from the pipeline config, and the environment every stage inherits.
+import json
 import os
 import sys
 import uuid
@@ -23,6 +24,8 @@ if _uri.startswith("sqlite:///") and not _uri.startswith("sqlite:////"):
     # Jobs may run in other directories (submitit, SLURM): pin the database to an absolute path.
     _uri = "sqlite:///" + str(Path(_uri[len("sqlite:///"):]).resolve())
 os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
+# The resolved pipeline config (--config overrides included), inline: the parent run's params.
+os.environ["HMSA_PIPELINE_CONFIG"] = json.dumps(config, sort_keys=True, default=str)
 
 
 try:  # read and checked as `hmsa submit` reads it: defaults < kinds < stages, per-seed copies included
