@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from hmsa.errors import HmsaError
 from hmsa.pipeline import base_stage
 
 EXECUTORS = ("local", "slurm", "debug")
@@ -25,7 +26,7 @@ RESOURCE_KEYS = {
 }
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(HmsaError, ValueError):
     pass
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from hmsa.errors import HmsaError
 
-class PipelineConfigError(ValueError):
+
+class PipelineConfigError(HmsaError, ValueError):
     pass
 
 

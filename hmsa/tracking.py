@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hmsa import tracking_buffer as wal
+from hmsa.errors import BadInputError
 from hmsa.io import file_lock
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
@@ -198,7 +199,7 @@ def _seconds(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}: expected seconds, got {os.environ[name]!r}") from exc
+        raise BadInputError(f"environment variable {name}: expected seconds, got {os.environ[name]!r}") from exc
 
 
 class StageTracker:

@@ -11,11 +11,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.config import DATASET_SPLITS
 from hmsa.data.errors import MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import CITYSCAPES_CLASSES, IGNORE, cityscapes_label_to_train_lut
 from hmsa.data.transforms import Transform, eval_transform
 
-SPLITS = ("train", "val", "test", "train_extra")
+SPLITS = DATASET_SPLITS["cityscapes"]
 LABELS = ("fine", "coarse", "autolabel", "none")
 _SUFFIX = "_leftImg8bit.png"
 # labelIds of the official table (0..33; -1 cannot be stored in a PNG); auto-labels hold trainIds or 255

@@ -10,11 +10,12 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.config import DATASET_SPLITS
 from hmsa.data.errors import DataError, MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import IGNORE, MAPILLARY_IGNORE, read_mapillary_config
 from hmsa.data.transforms import Transform, eval_transform
 
-SPLITS = ("training", "validation")
+SPLITS = DATASET_SPLITS["mapillary"]
 LABEL_IDS = valid_ids(range(66))  # the 66 v1.2 labels
 
 

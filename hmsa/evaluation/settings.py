@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hmsa.errors import BadInputError
+
 METHODS = ("single", "avgpool", "maxpool", "explicit", "hierarchical")
 
 
@@ -31,11 +33,11 @@ def parse_setting(text: str) -> Setting:
     """``method:s1,s2,...[:flip]``, e.g. ``hierarchical:0.25,0.5,1,2:flip``."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in METHODS or (len(parts) == 3 and parts[2] != "flip"):
-        raise ValueError(f"--setting {text!r}: expected METHOD:SCALES[:flip], METHOD one of {METHODS}")
+        raise BadInputError(f"--setting {text!r}: expected METHOD:SCALES[:flip], METHOD one of {METHODS}")
     try:
         scales = tuple(sorted(float(s) for s in parts[1].split(",")))
     except ValueError as exc:
-        raise ValueError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
+        raise BadInputError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
     if 1.0 not in scales or min(scales) <= 0:
-        raise ValueError(f"--setting {text!r}: scales must be positive and include 1.0")
+        raise BadInputError(f"--setting {text!r}: scales must be positive and include 1.0")
     return Setting(parts[0], scales, len(parts) == 3)
