@@ -151,7 +151,10 @@ def _plumbing(sub: argparse._SubParsersAction) -> None:
     desc = dict(PLUMBING)
     sb = sub.add_parser("submit", description=f"Plumbing, used by the pipeline: {desc['submit']}.")
     sb.add_argument("--stage", required=True, help="stage name (the MLflow run name and job name)")
-    sb.add_argument("--kind", default="train", help="resource class in the cluster file (train, evaluate...)")
+    from hmsa.cluster import KINDS
+
+    sb.add_argument("--kind", default="train", choices=KINDS,
+                    help="resource class in the cluster file")
     sb.add_argument("--run-dir", type=Path, required=True, help="the stage's run dir: job ids, logs, checkpoints")
     sb.add_argument("--cluster", type=Path, required=True, help="cluster file (configs/cluster/*.yaml)")
     sb.add_argument("--tag", action="append", default=[], help="MLflow tag KEY=VALUE for the stage run")
