@@ -208,6 +208,8 @@ def _cmd_plots(a: argparse.Namespace) -> int:
 def _cmd_track(a: argparse.Namespace) -> int:
     from hmsa import tracking
 
+    if a.invocation:  # checked even with tracking off: a bad id is a bad command line either way
+        tracking.check_invocation(a.invocation, "--invocation")
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return 0
     left: list[str] = []

@@ -28,6 +28,7 @@ from typing import Any
 
 from hmsa import jobs, tracking
 from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
+from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, file_lock
 
 __all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
@@ -214,7 +215,13 @@ def _attach_or_submit(cluster: ClusterConfig, stage: str, kind: str, run_dir: Pa
                       env: dict[str, str], expect: list[Path]) -> Any:
     previous = jobs.read_record(run_dir)
     if previous is not None:
-        job = jobs.attach(previous, cluster.executor, argv, expect, run_dir)
+        try:
+            job = jobs.attach(previous, cluster.executor, argv, expect, run_dir)
+        except jobs.SchedulerError as exc:  # never submit blindly: the recorded job may still run
+            raise jobs.SchedulerError(
+                f"{run_dir / jobs.RECORD}: job {previous.get('job_id')} of stage {stage} is recorded, but "
+                f"the scheduler cannot tell whether it still runs ({one_line(str(exc))}); retry when SLURM "
+                f"answers, or delete the record if that job is gone for good") from exc
         if job is not None:
             print(f"hmsa submit: stage {stage}: re-attached to job {job.job_id}", file=sys.stderr, flush=True)
             return job

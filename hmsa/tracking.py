@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,22 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
 
 
+# An invocation id names a file under .hmsa/invocations and is quoted into an MLflow filter string:
+# letters, digits, '-', '_' and '.', not starting with '.' (no '..', no '/', no quote).
+_INVOCATION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def check_invocation(invocation: str, where: str = ENV_INVOCATION) -> str:
+    """``invocation`` if it is a safe id, else a one-line error naming ``where`` it came from."""
+    if not _INVOCATION_ID.fullmatch(invocation):
+        raise BadInputError(f"{where} {invocation!r}: an invocation id is 1-128 letters, digits, '-', '_' "
+                            "or '.' (not starting with '.')")
+    return invocation
+
+
 def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
     """The parent run of one pipeline invocation; created by whichever stage submits first."""
+    check_invocation(invocation)
     pipeline = _pipeline_config()
     with file_lock("parent"):
         client = _client()
@@ -121,6 +136,8 @@ def _flat_params(config: dict[str, Any]) -> dict[str, str]:
 def _current_parent() -> str | None:
     """This invocation's parent run (``HMSA_INVOCATION_ID``), or None outside a pipeline."""
     invocation = os.environ.get(ENV_INVOCATION, "")
+    if invocation:
+        check_invocation(invocation)
     marker = Path(".hmsa/invocations") / invocation
     if invocation and marker.is_file():
         return marker.read_text().strip() or None

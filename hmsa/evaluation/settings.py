@@ -3,6 +3,7 @@ pipeline config with them on every invocation, and importing torch would cost se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hmsa.errors import BadInputError
@@ -38,6 +39,8 @@ def parse_setting(text: str) -> Setting:
         scales = tuple(sorted(float(s) for s in parts[1].split(",")))
     except ValueError as exc:
         raise BadInputError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
-    if 1.0 not in scales or min(scales) <= 0:
-        raise BadInputError(f"--setting {text!r}: scales must be positive and include 1.0")
+    if 1.0 not in scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise BadInputError(f"--setting {text!r}: scales must be finite, positive and include 1.0")
+    if len(set(scales)) != len(scales):  # avgpool:1,1,1,1 is a single-scale run under a 4-scale name
+        raise BadInputError(f"--setting {text!r}: a scale is repeated")
     return Setting(parts[0], scales, len(parts) == 3)
