@@ -186,6 +186,43 @@ def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags
     return _client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
 
 
+# The id a stage run goes by until the tracking server has created it (``defer_stage_run``).
+PENDING = wal.PENDING
+
+
+def defer_stage_run(stage: str, run_dir: Path, tags: dict[str, str], note: str = "") -> str:
+    """A stage run for when the server is unreachable at submit: a local id whose write-ahead log
+    starts with the op that creates the run (experiment, invocation's parent, git tags, as
+    ``create_stage_run``), sent with the stage's other ops when the server answers."""
+    import uuid
+
+    run_id = f"{PENDING}{uuid.uuid4().hex}"
+    wal.append(wal.wal_path(buffer_dir(run_dir), run_id), {
+        "op": "create_stage", "stage": stage, "experiment": experiment_name(),
+        "invocation": os.environ.get(ENV_INVOCATION, ""), "tags": {**tags, **git_tags()}, "note": note})
+    return run_id
+
+
+def create_deferred_stage_run(client: Any, op: dict[str, Any]) -> str:
+    """Send a ``create_stage`` op (``defer_stage_run``): the run, under its invocation's parent."""
+    exp_id = ensure_experiment(op["experiment"])
+    invocation = op.get("invocation") or ""
+    parent = get_or_create_parent(invocation, exp_id, {}) if invocation else None
+    all_tags = {"hmsa.stage": op["stage"], "hmsa.kind": "stage", **op.get("tags", {})}
+    if op.get("note"):
+        all_tags[NOTE] = op["note"]
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    return client.create_run(exp_id, run_name=op["stage"], tags=all_tags).info.run_id
+
+
+def resolve_run_id(run_id: str, run_dir: Path | None = None) -> str:
+    """The server's id of a run recorded as pending, once created ("pending-..." until then)."""
+    if not run_id.startswith(PENDING):
+        return run_id
+    return wal.resolved_run_id(wal.wal_path(buffer_dir(run_dir), run_id)) or run_id
+
+
 def finish_run(run_id: str, status: str = "FINISHED", run_dir: Path | None = None) -> bool:
     """End a stage run after sending what its job left in the run dir's log; never raises for an
     outage (the end is then logged too and goes out with ``hmsa track --sync``). True if all was sent."""
