@@ -301,6 +301,10 @@ def validate(cfg: Config, source: str = "config", origins: dict[str, str] | None
         if len(set(scales)) != len(scales):
             fail(key, f"repeats a scale: {scales!r}")
     for key in (*_SPLIT_KEYS, "autolabel.split"):
+        # only the splits a file or override set: the defaults are Cityscapes' names, and a command
+        # that reads one split of Mapillary (evaluate) need not rename the others
+        if origins is not None and key not in origins:
+            continue
         splits = DATASET_SPLITS["cityscapes" if key == "autolabel.split" else cfg.data.dataset]
         if _get(cfg, key) not in splits:
             fail(key, f"must be a split of the dataset, one of {splits}, got {_get(cfg, key)!r}")
