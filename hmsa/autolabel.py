@@ -25,6 +25,7 @@ from PIL import Image
 
 from hmsa import autolabel_quality
 from hmsa.data.errors import read_file
+from hmsa.errors import BadInputError
 from hmsa.io import atomic_write, atomic_write_json, file_sha256, read_json
 from hmsa.tracking import StageTracker
 from hmsa.training import distributed
@@ -69,7 +70,7 @@ def resolve_shard(shard: str | None = None, env: dict[str, str] | None = None) -
     if shard:
         i, sep, n = shard.partition("/")
         if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
-            raise ValueError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+            raise BadInputError(f"--shard {shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
         return int(i), int(n)
     if env.get("SLURM_ARRAY_TASK_ID") and env.get("SLURM_ARRAY_TASK_COUNT"):
         # arrays may start anywhere (--array=1-8): the index is relative to the first task

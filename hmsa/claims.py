@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hmsa.errors import BadInputError
 from hmsa.evaluation.settings import parse_setting
 from hmsa.io import read_json
 
@@ -47,7 +48,7 @@ def seed_values(results: Path, pipeline: dict, row: dict) -> list[dict]:
         metrics = read_json(path)
         name = parse_setting(row["setting"]).name
         if name not in metrics["settings"]:
-            raise ValueError(f"{path}: no setting '{row['setting']}' (has: {', '.join(metrics['settings'])})")
+            raise BadInputError(f"{path}: no setting '{row['setting']}' (has: {', '.join(metrics['settings'])})")
         s = metrics["settings"][name]
         out.append({"miou": 100 * s["miou"], "per_class": s["per_class"], "run": metrics.get("mlflow_run_id", ""),
                     "images": metrics["images"], "split": metrics["split"], "pixels": s.get("pixels", 1)})

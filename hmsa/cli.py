@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hmsa.config import ConfigError
+from hmsa.errors import BadInputError, HmsaError, one_line
 
 
 def _cmd_data(a: argparse.Namespace) -> int:
@@ -27,7 +28,7 @@ def _cmd_data(a: argparse.Namespace) -> int:
         if a.mapillary:
             kw["mapillary_counts"] = _counts(a.mapillary, "--mapillary")
         if a.size:
-            kw["size"] = tuple(int(v) for v in a.size.lower().split("x"))
+            kw["size"] = _size(a.size)
         summary = generate(a.out, seed=a.seed, force=a.force, **kw)
         print(f"embedded dataset in {a.out}: {summary.get('counts', summary)}")
         return 0
@@ -42,7 +43,7 @@ def _cmd_data(a: argparse.Namespace) -> int:
     manifest = {"dataset": a.dataset, "root": str(a.root.resolve()), "counts": counts}
     if getattr(a, "prepared", None) is not None:
         if a.dataset != "mapillary":
-            raise ValueError("--prepared: only Mapillary is resized (Cityscapes is read as it is)")
+            raise BadInputError("--prepared: only Mapillary is resized (Cityscapes is read as it is)")
         from hmsa.data.prepare import prepare_mapillary
 
         manifest.update(prepare_mapillary(a.root, a.prepared, a.long_edge))
@@ -53,11 +54,20 @@ def _cmd_data(a: argparse.Namespace) -> int:
 
 
 def _counts(text: str, flag: str) -> dict[str, int]:
-    """``train=4,val=2`` -> ``{"train": 4, "val": 2}``."""
+    """``train=4,val=2`` -> ``{"train": 4, "val": 2}`` (split names and bounds: ``synth.check_request``)."""
     try:
-        return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+        return {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(","))}
     except ValueError as exc:
-        raise ValueError(f"{flag} {text!r}: expected SPLIT=COUNT[,SPLIT=COUNT...]") from exc
+        raise BadInputError(f"{flag} {text!r}: expected SPLIT=COUNT[,SPLIT=COUNT...]") from exc
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``128x256`` -> ``(128, 256)`` (bounds: ``synth.check_request``)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise BadInputError(f"--size {text!r}: expected HEIGHTxWIDTH, e.g. 128x256") from exc
+    return h, w
 
 
 def _real_counts(dataset: str) -> dict:
@@ -136,7 +146,12 @@ def _cmd_submit(a: argparse.Namespace) -> int:
         argv = argv[1:]
     if not argv:
         raise ConfigError("submit: give the hmsa command to run after '--'")
-    tags = dict(t.split("=", 1) for t in a.tag)
+    tags = {}
+    for t in a.tag:
+        key, eq, value = t.partition("=")
+        if not eq or not key.strip():
+            raise BadInputError(f"--tag {t!r}: expected KEY=VALUE")
+        tags[key.strip()] = value
     return submit(a.stage, a.kind, a.run_dir, a.cluster, argv, tags, expect=a.expect)
 
 
@@ -158,7 +173,7 @@ def _cmd_estimate(a: argparse.Namespace) -> int:
         try:
             declared[stage] = float(sec)
         except ValueError as exc:
-            raise ValueError(f"--declare {item!r}: expected STAGE=SECONDS") from exc
+            raise BadInputError(f"--declare {item!r}: expected STAGE=SECONDS") from exc
     project = Path(__file__).resolve().parents[1]
     result = estimate(a.configfile, project, Path.cwd(), a.measure, a.measure_scale, a.steps, declared)
     print(table(result))
@@ -193,6 +208,8 @@ def _cmd_plots(a: argparse.Namespace) -> int:
 def _cmd_track(a: argparse.Namespace) -> int:
     from hmsa import tracking
 
+    if a.invocation:  # checked even with tracking off: a bad id is a bad command line either way
+        tracking.check_invocation(a.invocation, "--invocation")
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return 0
     left: list[str] = []
@@ -204,7 +221,7 @@ def _cmd_track(a: argparse.Namespace) -> int:
                   + (f"; still pending, server unreachable: {', '.join(left)}" if left else ""))
     if a.invocation:
         if not a.experiment:
-            raise ValueError("track: --invocation needs --experiment")
+            raise BadInputError("track: --invocation needs --experiment")
         exp_id = tracking.ensure_experiment(a.experiment)
         run_id = tracking.get_or_create_parent(a.invocation, exp_id, {})
         tracking.finish_run(run_id, a.status)
@@ -252,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(HANDLERS[args.cmd](args) or 0)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"hmsa {args.cmd}: error: {msg}", file=sys.stderr)
+    # Expected failures only: a ValueError or KeyError from deep inside is a bug and keeps its traceback.
+    except (HmsaError, FileNotFoundError) as exc:
+        print(f"hmsa {args.cmd}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 

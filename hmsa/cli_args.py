@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 DESCRIPTION = ("hmsa: a reproducible workflow for Hierarchical Multi-Scale Attention for Semantic "
                "Segmentation (Tao et al., 2020). Snakemake and DVC call only this command.")
@@ -30,6 +31,14 @@ def version() -> str:
         from hmsa import __version__
 
         return __version__
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr (like every other hmsa error), naming the
+    command and the option; ``-h`` still shows the full usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} -h')\n")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -142,7 +151,10 @@ def _plumbing(sub: argparse._SubParsersAction) -> None:
     desc = dict(PLUMBING)
     sb = sub.add_parser("submit", description=f"Plumbing, used by the pipeline: {desc['submit']}.")
     sb.add_argument("--stage", required=True, help="stage name (the MLflow run name and job name)")
-    sb.add_argument("--kind", default="train", help="resource class in the cluster file (train, evaluate...)")
+    from hmsa.cluster import KINDS
+
+    sb.add_argument("--kind", default="train", choices=KINDS,
+                    help="resource class in the cluster file")
     sb.add_argument("--run-dir", type=Path, required=True, help="the stage's run dir: job ids, logs, checkpoints")
     sb.add_argument("--cluster", type=Path, required=True, help="cluster file (configs/cluster/*.yaml)")
     sb.add_argument("--tag", action="append", default=[], help="MLflow tag KEY=VALUE for the stage run")
@@ -188,11 +200,11 @@ def _listing(title: str, rows: list[tuple[str, str]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hmsa", description=DESCRIPTION, usage="hmsa [-h] [--version] COMMAND ...",
+    p = Parser(prog="hmsa", description=DESCRIPTION, usage="hmsa [-h] [--version] COMMAND ...",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action=_Version)
     # The command lists are written out in the epilog (argparse's own listing cannot group them)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", prog="hmsa", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help=argparse.SUPPRESS, prog="hmsa")
     _data(sub)
     _train_eval(sub)
     _study(sub)

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from hmsa.errors import BadInputError
 from hmsa.evaluation.settings import METHODS, Setting, parse_setting
 from hmsa.io import atomic_write_text
 
@@ -65,7 +66,7 @@ def resolve_run(client: Any, ref: str, experiment: str = "") -> str:
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise ValueError(f"--experiment {experiment!r}: no such MLflow experiment")
+            raise BadInputError(f"--experiment {experiment!r}: no such MLflow experiment")
         ids = [exp.experiment_id]
     else:
         ids = [e.experiment_id for e in client.search_experiments()]
@@ -81,7 +82,7 @@ def resolve_run(client: Any, ref: str, experiment: str = "") -> str:
                 if p.data.tags.get("hmsa.stage") == ref:
                     return p.info.run_id
             return run.info.run_id
-    raise ValueError(f"{ref!r}: neither a run id nor a stage or run name with an MLflow run")
+    raise BadInputError(f"{ref!r}: neither a run id nor a stage or run name with an MLflow run")
 
 
 def _from_metrics(run: Any) -> dict[str, float]:
@@ -94,7 +95,7 @@ def tables(client: Any, run_id: str) -> dict[Setting, Any]:
     try:
         run = client.get_run(run_id)
     except Exception as exc:  # the client raises its own types for a missing run
-        raise ValueError(f"run {run_id}: not readable in MLflow ({str(exc).splitlines()[0]})") from exc
+        raise BadInputError(f"run {run_id}: not readable in MLflow ({str(exc).splitlines()[0]})") from exc
     out: dict[Setting, Any] = {}
     own = _from_metrics(run)
     if own and (s := _setting_from_run(run)) is not None:
@@ -134,10 +135,10 @@ def _pick(name: str, available: dict[Setting, Any], wanted: str | None) -> Setti
     if wanted:
         s = setting_of(wanted)
         if s not in available:
-            raise ValueError(f"{name}: no per-class IoU for setting {label(s)!r} (has: {have})")
+            raise BadInputError(f"{name}: no per-class IoU for setting {label(s)!r} (has: {have})")
         return s
     if len(available) != 1:
-        raise ValueError(f"{name}: {len(available)} evaluation settings ({have}); choose one with --setting")
+        raise BadInputError(f"{name}: {len(available)} evaluation settings ({have}); choose one with --setting")
     return next(iter(available))
 
 
@@ -149,13 +150,13 @@ def table(client: Any, run_a: str, run_b: str, settings: list[str] | None = None
 
     settings = list(settings or [])
     if len(settings) > 2:
-        raise ValueError("--setting: give it once (both runs) or twice (A, then B)")
+        raise BadInputError("--setting: give it once (both runs) or twice (A, then B)")
     name_a, name_b = names or (run_a, run_b)
     sa = _pick(name_a, avail_a := tables(client, run_a), settings[0] if settings else None)
     sb = _pick(name_b, avail_b := tables(client, run_b), settings[-1] if settings else None)
     a, b = _load(client, run_a, avail_a[sa]), _load(client, run_b, avail_b[sb])
     if set(a.index) != set(b.index):
-        raise ValueError(f"{name_a} and {name_b} have different classes: not the same dataset")
+        raise BadInputError(f"{name_a} and {name_b} have different classes: not the same dataset")
     b = b.reindex(a.index)
     col_a, col_b = name_a, name_b
     if col_a == col_b:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from typing import Any
 
 import yaml
 
+from hmsa.errors import HmsaError
 from hmsa.io import atomic_write_text
 
 
-class ConfigError(ValueError):
+class ConfigError(HmsaError, ValueError):
     """A config file or override is invalid; the message names the file and the key."""
 
 
@@ -118,6 +120,8 @@ class Config:
     autolabel: AutolabelConfig = field(default_factory=AutolabelConfig)
 
 
+# Everything types alone cannot say, declared once per key; ``validate`` applies these tables and
+# nothing else is checked anywhere (a stage that got a config from ``load`` may trust its values).
 _CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("cityscapes", "mapillary"),
     "data.extra_pool": ("none", "coarse", "autolabel"),
@@ -129,18 +133,70 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number (of every item, for a list); ``*_open`` excludes the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, v: float) -> bool:
+        return not ((self.low is not None and (v < self.low or (self.low_open and v == self.low)))
+                    or (self.high is not None and (v > self.high or (self.high_open and v == self.high))))
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+_POSITIVE, _NON_NEGATIVE, _FRACTION = Range(0, low_open=True), Range(0), Range(0, 1)
+_RANGES: dict[str, Range] = {
+    "seed": _NON_NEGATIVE,
+    "data.extra_pool_probability": _FRACTION, "data.class_uniform_fraction": _FRACTION,
+    "data.class_uniform_tile": _POSITIVE, "data.crop": _POSITIVE, "data.scale_range": _POSITIVE,
+    "data.color_jitter": _NON_NEGATIVE, "data.blur_prob": _FRACTION, "data.num_workers": _NON_NEGATIVE,
+    "data.max_images": _NON_NEGATIVE,  # 0 = every image
+    "train.scales": _POSITIVE, "train.iterations": _POSITIVE, "train.batch_size": _POSITIVE,
+    "train.lr": _POSITIVE, "train.momentum": Range(0, 1, high_open=True), "train.weight_decay": _NON_NEGATIVE,
+    "train.poly_power": _NON_NEGATIVE,  # 0 = a constant learning rate
+    "train.warmup_iterations": _NON_NEGATIVE, "train.aux_weight": _NON_NEGATIVE,
+    "train.scale_supervision_weight": _NON_NEGATIVE,
+    "train.checkpoint_every": _POSITIVE, "train.log_every": _POSITIVE,
+    "eval.scales": _POSITIVE, "eval.max_images": _NON_NEGATIVE, "eval.save_maps": _NON_NEGATIVE,
+    "autolabel.threshold": _FRACTION, "autolabel.scales": _POSITIVE,
+}
+# Lists of a fixed length, sorted low to high: [height, width] and [min, max].
+_PAIRS: dict[str, str] = {"data.crop": "[height, width]", "data.scale_range": "[min, max] with min <= max"}
+# Scale sets: the fusion chains from 1.0 (eq. 1, hmsa/models/multiscale.py), and a repeated scale
+# would run a single-scale model under a multi-scale name.
+_SCALE_SETS = ("train.scales", "eval.scales", "autolabel.scales")
+# The splits of each dataset's on-disk layout (the loaders in hmsa/data read these names).
+DATASET_SPLITS: dict[str, tuple[str, ...]] = {"cityscapes": ("train", "val", "test", "train_extra"),
+                                              "mapillary": ("training", "validation")}
+_SPLIT_KEYS = ("data.train_split", "data.val_split", "eval.split")
+# Hierarchical attention is trained on this pair only (section 3).
+HIERARCHICAL_TRAIN_SCALES = [0.5, 1.0]
+
+
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    where = f"{source}: '{key}'"
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_tp, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{where}: union types are not supported in the schema")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        # YAML reads .nan / .inf / 1e999: a NaN learning rate fails only at iteration 1 otherwise
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if tp in (int, float) and isinstance(value, bool):
         raise ConfigError(f"{where}: expected {tp.__name__}, got bool {value!r}")
     if not isinstance(value, tp):
@@ -148,8 +204,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _merge(obj: Any, delta: dict, source: str, prefix: str = "") -> None:
-    """Apply a nested dict of deltas onto a dataclass instance, validating keys and types."""
+def _merge(obj: Any, delta: dict, source: str, prefix: str = "", origins: dict[str, str] | None = None) -> None:
+    """Apply a nested dict of deltas onto a dataclass instance, validating keys and types; ``origins``
+    records which file or override set each key last (named when a value is out of bounds)."""
     if not isinstance(delta, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top>'}' must be a mapping")
     hints = typing.get_type_hints(type(obj))
@@ -160,9 +217,11 @@ def _merge(obj: Any, delta: dict, source: str, prefix: str = "") -> None:
             raise ConfigError(f"{source}: unknown key '{path}' (known: {', '.join(sorted(names))})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, source, f"{path}.")
+            _merge(current, value, source, f"{path}.", origins)
             continue
-        setattr(obj, key, _coerce(value, hints[key], f"{source}: '{path}'"))
+        setattr(obj, key, _coerce(value, hints[key], source, path))
+        if origins is not None:
+            origins[path] = source
 
 
 def _read_yaml(path: Path) -> dict:
@@ -177,7 +236,7 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
+def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = (), origins: dict[str, str] | None = None) -> None:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'extends' cycle")
@@ -186,8 +245,8 @@ def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = ()) -> None:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: 'extends' must be a path string")
-        _apply_file(cfg, path.parent / base, (*seen, path))
-    _merge(cfg, data, str(path))
+        _apply_file(cfg, path.parent / base, (*seen, path), origins)
+    _merge(cfg, data, str(path), origins=origins)
 
 
 def parse_override(text: str) -> dict:
@@ -208,29 +267,54 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def validate(cfg: Config, source: str = "config") -> None:
-    """Checks that types alone cannot express (choices, ranges)."""
-    flat = to_dict(cfg)
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config, source: str = "config", origins: dict[str, str] | None = None) -> None:
+    """Apply the tables above (choices, ranges, pairs, scale sets) and the few rules that tie two keys
+    together; the first violation is raised, naming the key and where it was set (``origins``, else
+    ``source``)."""
+    def fail(key: str, what: str) -> None:
+        where = (origins or {}).get(key.partition("[")[0], source)
+        raise ConfigError(f"{where}: '{key}' {what}")
+
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        if flat[section][name] not in choices:
-            raise ConfigError(f"{source}: '{key}' must be one of {choices}, got {flat[section][name]!r}")
-    if not 0.0 <= cfg.autolabel.threshold <= 1.0:
-        raise ConfigError(f"{source}: 'autolabel.threshold' must be in [0, 1], got {cfg.autolabel.threshold}")
-    if not 0.0 <= cfg.data.class_uniform_fraction <= 1.0 or cfg.data.class_uniform_tile <= 0:
-        raise ConfigError(f"{source}: 'data.class_uniform_fraction' must be in [0, 1], 'data.class_uniform_tile' > 0")
-    if not 0.0 <= cfg.data.extra_pool_probability <= 1.0:
-        raise ConfigError(f"{source}: 'data.extra_pool_probability' must be in [0, 1]")
-    if len(cfg.data.crop) != 2 or min(cfg.data.crop) <= 0:
-        raise ConfigError(f"{source}: 'data.crop' must be [height, width] > 0")
+        if _get(cfg, key) not in choices:
+            fail(key, f"must be one of {choices}, got {_get(cfg, key)!r}")
+    for key, rng in _RANGES.items():
+        value = _get(cfg, key)
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if not rng.holds(v):
+                fail(f"{key}[{i}]" if isinstance(value, list) else key, f"must be {rng.text()}, got {v!r}")
+    for key, shape in _PAIRS.items():
+        value = _get(cfg, key)
+        if len(value) != 2 or (key == "data.scale_range" and value[0] > value[1]):
+            fail(key, f"must be {shape}, got {value!r}")
+    for key in _SCALE_SETS:
+        scales = _get(cfg, key)
+        if 1.0 not in scales:
+            fail(key, f"must include the 1.0 scale, got {scales!r}")
+        if len(set(scales)) != len(scales):
+            fail(key, f"repeats a scale: {scales!r}")
+    for key in (*_SPLIT_KEYS, "autolabel.split"):
+        # only the splits a file or override set: the defaults are Cityscapes' names, and a command
+        # that reads one split of Mapillary (evaluate) need not rename the others
+        if origins is not None and key not in origins:
+            continue
+        splits = DATASET_SPLITS["cityscapes" if key == "autolabel.split" else cfg.data.dataset]
+        if _get(cfg, key) not in splits:
+            fail(key, f"must be a split of the dataset, one of {splits}, got {_get(cfg, key)!r}")
+    if cfg.data.extra_pool != "none" and cfg.data.dataset != "cityscapes":
+        fail("data.extra_pool", "needs data.dataset 'cityscapes' (only Cityscapes has a coarse pool)")
     if cfg.train.method in ("hierarchical", "explicit") and not cfg.model.attention:
-        raise ConfigError(f"{source}: 'train.method' {cfg.train.method!r} needs 'model.attention: true'")
-    if cfg.train.iterations <= 0 or cfg.train.batch_size <= 0:
-        raise ConfigError(f"{source}: 'train.iterations' and 'train.batch_size' must be > 0")
-    for key, scales in (("train.scales", cfg.train.scales), ("eval.scales", cfg.eval.scales),
-                        ("autolabel.scales", cfg.autolabel.scales)):
-        if not scales or min(scales) <= 0:
-            raise ConfigError(f"{source}: '{key}' must be a non-empty list of positive scales")
+        fail("train.method", f"{cfg.train.method!r} needs 'model.attention: true'")
+    if cfg.train.method == "hierarchical" and sorted(cfg.train.scales) != HIERARCHICAL_TRAIN_SCALES:
+        fail("train.scales", f"of hierarchical training must be {HIERARCHICAL_TRAIN_SCALES} (section 3), "
+                             f"got {cfg.train.scales!r}")
 
 
 def explicit_scales(cfg: Config) -> tuple[float, ...] | None:
@@ -242,11 +326,12 @@ def explicit_scales(cfg: Config) -> tuple[float, ...] | None:
 def load(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML file (and what it extends), then ``key=value`` overrides."""
     cfg = Config()
+    origins: dict[str, str] = {}
     if path is not None:
-        _apply_file(cfg, Path(path))
+        _apply_file(cfg, Path(path), origins=origins)
     for text in overrides:
-        _merge(cfg, parse_override(text), f"override '{text}'")
-    validate(cfg, str(path) if path is not None else "config")
+        _merge(cfg, parse_override(text), f"override '{text}'", origins=origins)
+    validate(cfg, str(path) if path is not None else "config (defaults)", origins)
     return cfg
 
 

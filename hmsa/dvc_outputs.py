@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from hmsa.compare import label
+from hmsa.errors import BadInputError
 from hmsa.evaluation.settings import Setting, parse_setting
 from hmsa.io import atomic_write_json, atomic_write_text
 
@@ -58,7 +59,7 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found (run its evaluation first)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        raise BadInputError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
 
 
 def per_class_rows(pipeline: dict[str, Any], results: Path, table: str) -> list[dict[str, Any]]:
@@ -73,7 +74,7 @@ def per_class_rows(pipeline: dict[str, Any], results: Path, table: str) -> list[
             path = Path(results) / evaluation / "metrics.json"
             settings = _read_metrics(path)["settings"]
             if setting.name not in settings:
-                raise ValueError(f"{path}: no setting {label(setting)!r} (has: {', '.join(settings)})")
+                raise BadInputError(f"{path}: no setting {label(setting)!r} (has: {', '.join(settings)})")
             per_seed.append(settings[setting.name]["per_class"])
         name = _row_name(row["evaluation"], setting)
         for cls in per_seed[0]:

@@ -49,6 +49,7 @@ from torch import nn
 from hmsa import config as cfgmod
 from hmsa.cluster import load_cluster
 from hmsa.data.verify import REAL_COUNTS
+from hmsa.errors import BadInputError
 
 EVAL_SIZE = {"cityscapes": (1024, 2048), "mapillary": (1632, 2177)}  # Mapillary: long edge 2177 (§5.1)
 CLASSES = {"cityscapes": 19, "mapillary": 65}
@@ -292,10 +293,10 @@ def estimate(pipeline_file: Path, project: Path, workdir: Path, do_measure: bool
     known = {w["stage"] for w in work} | {*raw["train"], *(raw.get("autolabel") or {}), *raw["evaluate"]}
     unknown = sorted(set(declared) - known)
     if unknown:
-        raise ValueError(f"--declare: no stage named {', '.join(map(repr, unknown))} in {pipeline_file}")
+        raise BadInputError(f"--declare: no stage named {', '.join(map(repr, unknown))} in {pipeline_file}")
     for stage, sec in declared.items():
         if not (sec > 0 and math.isfinite(sec)):
-            raise ValueError(f"--declare {stage}={sec}: seconds must be positive")
+            raise BadInputError(f"--declare {stage}={sec}: seconds must be positive")
     print(f"hmsa estimate: counting the FLOPs of {len(work)} stages on meta tensors (shapes only; "
           "about a second each)...", file=sys.stderr, flush=True)
     anchor = reference()

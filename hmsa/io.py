@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from hmsa.errors import BadInputError
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
@@ -45,7 +47,7 @@ def read_json(path: Path) -> Any:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{path}: file not found") from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise BadInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hmsa.errors import HmsaError
 from hmsa.io import atomic_write_json, read_json
 
 log = logging.getLogger("hmsa.launch")
@@ -27,7 +28,7 @@ LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "R
                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "PREEMPTED"}
 
 
-class SchedulerError(RuntimeError):
+class SchedulerError(HmsaError, RuntimeError):
     """The scheduler could not be asked about a recorded job: never submit blindly then."""
 
 

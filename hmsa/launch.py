@@ -28,6 +28,7 @@ from typing import Any
 
 from hmsa import jobs, tracking
 from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
+from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, file_lock
 
 __all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
@@ -161,34 +162,62 @@ def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> An
 
 
 def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str]) -> dict[str, str]:
-    """Create (or re-use, after an interrupted attempt) the stage's MLflow child run."""
+    """Create (or re-use, after an interrupted attempt) the stage's MLflow child run. The tracking
+    server is not needed now: while it is unreachable the run is created later, from the first op of
+    its write-ahead log (``tracking.defer_stage_run``), like everything the stage logs."""
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return {}
-    exp_name = os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT)
-    exp_id = tracking.ensure_experiment(exp_name)
+    from hmsa.tracking_buffer import is_transient
+
+    if os.environ.get(tracking.ENV_INVOCATION):  # bad input, not an outage: refused before anything runs
+        tracking.check_invocation(os.environ[tracking.ENV_INVOCATION])
+
+    rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
+        if table_tags.get("hmsa.paper_rows") else ""
+    note = (f"Stage `{stage}` ({kind}) of the pipeline, run by `hmsa submit`.{rows}"
+            + (" Each evaluation setting is a run nested under this one." if kind == "evaluate" else ""))
     record = run_dir / "mlflow_run.json"
-    run_id = ""
+    previous = None
     if record.exists():
         from hmsa.io import read_json
 
         previous = read_json(record)
-        status = tracking.mlflow_client().get_run(previous["run_id"]).info.status
-        # An unfinished run is continued (resume after a crash); a finished one is not reopened.
-        if status != "FINISHED":
-            run_id = previous["run_id"]
-    if not run_id:
-        invocation = os.environ.get(tracking.ENV_INVOCATION, "")
-        parent = tracking.get_or_create_parent(invocation, exp_id, {}) if invocation else None
-        rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
-            if table_tags.get("hmsa.paper_rows") else ""
-        note = (f"Stage `{stage}` ({kind}) of the pipeline, run by `hmsa submit`.{rows}"
-                + (" Each evaluation setting is a run nested under this one." if kind == "evaluate" else ""))
-        run_id = tracking.create_stage_run(stage, exp_id, parent, dict(table_tags), note=note)
-        atomic_write_json(record, {"run_id": run_id, "experiment_id": exp_id})
+    try:
+        run_id, exp_id = _create_or_continue(stage, run_dir, table_tags, note, previous)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        log.warning("MLflow unreachable at submit (%s): stage %s is logged to %s and sent when it answers",
+                    str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__, stage,
+                    tracking.buffer_dir(run_dir))
+        if previous is not None:  # continue the recorded run (whatever its status: it cannot be asked)
+            run_id, exp_id = previous["run_id"], previous.get("experiment_id", "")
+        else:
+            run_id, exp_id = tracking.defer_stage_run(stage, run_dir, dict(table_tags), note), ""
+            atomic_write_json(record, {"run_id": run_id, "experiment_id": ""})
     # HMSA_RUN_DIR: where the job keeps the run's tracking log while the server is unreachable.
     # The stage's name and tags: its nested runs (one per evaluation setting) are named and tagged by them.
-    return {tracking.ENV_RUN_ID: run_id, "MLFLOW_EXPERIMENT_ID": exp_id, tracking.ENV_RUN_DIR: str(run_dir.resolve()),
-            tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True)}
+    env = {tracking.ENV_RUN_ID: run_id, tracking.ENV_RUN_DIR: str(run_dir.resolve()),
+           tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True)}
+    if exp_id:
+        env["MLFLOW_EXPERIMENT_ID"] = exp_id
+    return env
+
+
+def _create_or_continue(stage: str, run_dir: Path, table_tags: dict[str, str], note: str,
+                        previous: dict[str, Any] | None) -> tuple[str, str]:
+    """(run id, experiment id): the recorded run while it is unfinished (resume after a crash), else a
+    new one. Needs the tracking server."""
+    exp_id = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
+    if previous is not None:
+        run_id = tracking.resolve_run_id(previous["run_id"], run_dir)
+        if run_id.startswith(tracking.PENDING) or tracking.mlflow_client().get_run(run_id).info.status != "FINISHED":
+            return run_id, exp_id  # a finished run is not reopened
+    invocation = os.environ.get(tracking.ENV_INVOCATION, "")
+    parent = tracking.get_or_create_parent(invocation, exp_id, {}) if invocation else None
+    run_id = tracking.create_stage_run(stage, exp_id, parent, dict(table_tags), note=note)
+    atomic_write_json(run_dir / "mlflow_run.json", {"run_id": run_id, "experiment_id": exp_id})
+    return run_id, exp_id
 
 
 def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
@@ -214,7 +243,13 @@ def _attach_or_submit(cluster: ClusterConfig, stage: str, kind: str, run_dir: Pa
                       env: dict[str, str], expect: list[Path]) -> Any:
     previous = jobs.read_record(run_dir)
     if previous is not None:
-        job = jobs.attach(previous, cluster.executor, argv, expect, run_dir)
+        try:
+            job = jobs.attach(previous, cluster.executor, argv, expect, run_dir)
+        except jobs.SchedulerError as exc:  # never submit blindly: the recorded job may still run
+            raise jobs.SchedulerError(
+                f"{run_dir / jobs.RECORD}: job {previous.get('job_id')} of stage {stage} is recorded, but "
+                f"the scheduler cannot tell whether it still runs ({one_line(str(exc))}); retry when SLURM "
+                f"answers, or delete the record if that job is gone for good") from exc
         if job is not None:
             print(f"hmsa submit: stage {stage}: re-attached to job {job.job_id}", file=sys.stderr, flush=True)
             return job

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import yaml
 
+from hmsa.errors import BadInputError, HmsaError
 
-class PipelineConfigError(ValueError):
+
+class PipelineConfigError(HmsaError, ValueError):
     pass
 
 
@@ -27,7 +29,7 @@ def _schema_errors(config: dict, schema_path: Path) -> list[str]:
 
 
 def _reference_errors(config: dict) -> list[str]:
-    from hmsa.evaluation.settings import parse_setting
+    from hmsa.evaluation.settings import Setting, parse_setting
 
     train, autolabel, evaluate = config["train"], config.get("autolabel") or {}, config["evaluate"]
     out = []
@@ -39,15 +41,25 @@ def _reference_errors(config: dict) -> list[str]:
     for name, st in autolabel.items():
         if st["teacher"] not in train:
             out.append(f"'autolabel.{name}.teacher': no training stage named {st['teacher']!r}")
+
+    def setting(text: str, where: str) -> Setting | None:
+        try:
+            return parse_setting(text)
+        except BadInputError as exc:  # "--setting 'x': why" -> "'<key>': 'x': why"
+            out.append(f"'{where}': {str(exc).removeprefix('--setting ')}")
+            return None
+
+    parsed: dict[str, list[Setting | None]] = {}
     for name, ev in evaluate.items():
         if ev["model"] not in train:
             out.append(f"'evaluate.{name}.model': no training stage named {ev['model']!r}")
+        parsed[name] = [setting(text, f"evaluate.{name}.settings[{i}]") for i, text in enumerate(ev["settings"])]
     for table, rows in (config.get("tables") or {}).items():
         for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
-            ev = evaluate.get(row["evaluation"])
-            if ev is None:
+            wanted = setting(row["setting"], f"tables.{table}[{i}].setting")
+            if row["evaluation"] not in evaluate:
                 out.append(f"'tables.{table}[{i}].evaluation': no evaluation named {row['evaluation']!r}")
-            elif parse_setting(row["setting"]) not in [parse_setting(s) for s in ev["settings"]]:
+            elif wanted is not None and wanted not in parsed[row["evaluation"]]:
                 out.append(f"'tables.{table}[{i}].setting': {row['setting']!r} is not among "
                            f"evaluate.{row['evaluation']}.settings")
     return out

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from hmsa import tracking_buffer as wal
+from hmsa.errors import BadInputError
 from hmsa.io import file_lock
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
@@ -71,8 +73,22 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
 
 
+# An invocation id names a file under .hmsa/invocations and is quoted into an MLflow filter string:
+# letters, digits, '-', '_' and '.', not starting with '.' (no '..', no '/', no quote).
+_INVOCATION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def check_invocation(invocation: str, where: str = ENV_INVOCATION) -> str:
+    """``invocation`` if it is a safe id, else a one-line error naming ``where`` it came from."""
+    if not _INVOCATION_ID.fullmatch(invocation):
+        raise BadInputError(f"{where} {invocation!r}: an invocation id is 1-128 letters, digits, '-', '_' "
+                            "or '.' (not starting with '.')")
+    return invocation
+
+
 def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
     """The parent run of one pipeline invocation; created by whichever stage submits first."""
+    check_invocation(invocation)
     pipeline = _pipeline_config()
     with file_lock("parent"):
         client = mlflow_client()
@@ -122,6 +138,8 @@ def _flat_params(config: dict[str, Any]) -> dict[str, str]:
 def _current_parent() -> str | None:
     """This invocation's parent run (``HMSA_INVOCATION_ID``), or None outside a pipeline."""
     invocation = os.environ.get(ENV_INVOCATION, "")
+    if invocation:
+        check_invocation(invocation)
     marker = Path(".hmsa/invocations") / invocation
     if invocation and marker.is_file():
         return marker.read_text().strip() or None
@@ -170,6 +188,43 @@ def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags
     return mlflow_client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
 
 
+# The id a stage run goes by until the tracking server has created it (``defer_stage_run``).
+PENDING = wal.PENDING
+
+
+def defer_stage_run(stage: str, run_dir: Path, tags: dict[str, str], note: str = "") -> str:
+    """A stage run for when the server is unreachable at submit: a local id whose write-ahead log
+    starts with the op that creates the run (experiment, invocation's parent, git tags, as
+    ``create_stage_run``), sent with the stage's other ops when the server answers."""
+    import uuid
+
+    run_id = f"{PENDING}{uuid.uuid4().hex}"
+    wal.append(wal.wal_path(buffer_dir(run_dir), run_id), {
+        "op": "create_stage", "stage": stage, "experiment": experiment_name(),
+        "invocation": os.environ.get(ENV_INVOCATION, ""), "tags": {**tags, **git_tags()}, "note": note})
+    return run_id
+
+
+def create_deferred_stage_run(client: Any, op: dict[str, Any]) -> str:
+    """Send a ``create_stage`` op (``defer_stage_run``): the run, under its invocation's parent."""
+    exp_id = ensure_experiment(op["experiment"])
+    invocation = op.get("invocation") or ""
+    parent = get_or_create_parent(invocation, exp_id, {}) if invocation else None
+    all_tags = {"hmsa.stage": op["stage"], "hmsa.kind": "stage", **op.get("tags", {})}
+    if op.get("note"):
+        all_tags[NOTE] = op["note"]
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    return client.create_run(exp_id, run_name=op["stage"], tags=all_tags).info.run_id
+
+
+def resolve_run_id(run_id: str, run_dir: Path | None = None) -> str:
+    """The server's id of a run recorded as pending, once created ("pending-..." until then)."""
+    if not run_id.startswith(PENDING):
+        return run_id
+    return wal.resolved_run_id(wal.wal_path(buffer_dir(run_dir), run_id)) or run_id
+
+
 def finish_run(run_id: str, status: str = "FINISHED", run_dir: Path | None = None) -> bool:
     """End a stage run after sending what its job left in the run dir's log; never raises for an
     outage (the end is then logged too and goes out with ``hmsa track --sync``). True if all was sent."""
@@ -200,7 +255,7 @@ def _seconds(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}: expected seconds, got {os.environ[name]!r}") from exc
+        raise BadInputError(f"environment variable {name}: expected seconds, got {os.environ[name]!r}") from exc
 
 
 class StageTracker:

@@ -29,6 +29,9 @@ log = logging.getLogger("hmsa.tracking")
 
 # Metrics of consecutive ops are sent together after an outage; MLflow accepts 1000 per batch.
 _MAX_BATCH_METRICS = 1000
+# The prefix of a run id that `hmsa submit` made up while the server was unreachable: the first op of
+# that run's log creates it (``create_stage``), and ``<log>.run`` then holds the server's id.
+PENDING = "pending-"
 
 
 def wal_path(directory: Path, run_id: str) -> Path:
@@ -119,6 +122,10 @@ def is_transient(exc: BaseException) -> bool:
     """Server down, timeout, 5xx, 429: keep the op and retry later. A 4xx means the op itself is bad."""
     from mlflow.exceptions import MlflowException
 
+    from hmsa.errors import HmsaError
+
+    if isinstance(exc, HmsaError):  # bad input (e.g. an invocation id): no retry makes it good
+        return False
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return not (400 <= status < 500) or status == 429
@@ -154,9 +161,17 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
         for end, op in _group(_pending_ops(path)):
             if op is None:
                 log.warning("%s: skipping a line that is not valid JSON (a writer was killed mid-line)", path)
-            elif op.get("op") == "create":
+            elif op.get("op") in ("create", "create_stage"):
                 try:
-                    run_id = create_child(client, op)
+                    if op["op"] == "create_stage":
+                        from hmsa.tracking import create_deferred_stage_run
+
+                        run_id = create_deferred_stage_run(client, op)
+                    else:
+                        parent = _resolve_parent(path.parent, client, op["parent"])
+                        if not parent:  # its stage run is itself still waiting for the server
+                            return False
+                        run_id = create_child(client, {**op, "parent": parent})
                 except Exception as exc:  # noqa: BLE001 - nothing after it can be sent without the run
                     if is_transient(exc):
                         log.warning("MLflow unreachable (%s); nested run %s kept in %s", _short(exc),
@@ -172,6 +187,15 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
                 return False
             _write_offset(path, end)
     return True
+
+
+def _resolve_parent(directory: Path, client: Any, parent: str) -> str:
+    """A nested run's parent id; a pending stage run is created first (its log is beside this one)."""
+    if not parent.startswith(PENDING):
+        return parent
+    log_path = wal_path(directory, parent)
+    flush(log_path, client, parent)
+    return resolved_run_id(log_path)
 
 
 def create_child(client: Any, op: dict[str, Any]) -> str:

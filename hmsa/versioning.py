@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from hmsa.errors import HmsaError
 from hmsa.io import atomic_write_text, file_lock
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _LOCK_RETRIES = 60  # DVC's own lock (another `dvc` command, a user's `dvc statu
 _LOCK_SLEEP_S = 2.0
 
 
-class VersioningError(RuntimeError):
+class VersioningError(HmsaError, RuntimeError):
     pass
 
 
@@ -164,7 +165,7 @@ def _read(dvcfile: Path) -> dict:
     try:
         return yaml.safe_load(dvcfile.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{dvcfile}: not a valid .dvc file ({exc.__class__.__name__})") from exc
+        raise VersioningError(f"{dvcfile}: not a valid .dvc file ({exc.__class__.__name__})") from exc
 
 
 def data_version(path: Path) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hmsa.errors import BadInputError
 from hmsa.io import atomic_write
 
 _MEAN = np.array([0.485, 0.456, 0.406])
@@ -114,7 +115,7 @@ def read_tiles(path: Path, row: int) -> list[np.ndarray]:
     with Image.open(path) as img:
         size = img.info.get(TILE_KEY)
         if not size:
-            raise ValueError(f"{path}: no '{TILE_KEY}' entry (not written by hmsa.visualize.save_grid)")
+            raise BadInputError(f"{path}: no '{TILE_KEY}' entry (not written by hmsa.visualize.save_grid)")
         arr = np.asarray(img.convert("RGB"))
     h, w = (int(v) for v in size.split("x"))
     band = arr[row * h:(row + 1) * h]

@@ -11,11 +11,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.config import DATASET_SPLITS
 from hmsa.data.errors import MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import CITYSCAPES_CLASSES, IGNORE, cityscapes_label_to_train_lut
 from hmsa.data.transforms import Transform, eval_transform
+from hmsa.errors import BadInputError
 
-SPLITS = ("train", "val", "test", "train_extra")
+SPLITS = DATASET_SPLITS["cityscapes"]
 LABELS = ("fine", "coarse", "autolabel", "none")
 _SUFFIX = "_leftImg8bit.png"
 # labelIds of the official table (0..33; -1 cannot be stored in a PNG); auto-labels hold trainIds or 255
@@ -47,7 +49,7 @@ class CityscapesDataset(Dataset):
     def __init__(self, root: Path, split: str, labels: str = "fine", label_root: Path | None = None,
                  transform: Transform | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"cityscapes split must be one of {SPLITS}, got {split!r}")
+            raise BadInputError(f"cityscapes split must be one of {SPLITS}, got {split!r}")
         if labels not in LABELS:
             raise ValueError(f"cityscapes labels must be one of {LABELS}, got {labels!r}")
         if labels == "autolabel" and label_root is None:

@@ -11,10 +11,12 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from hmsa.errors import HmsaError
+
 T = TypeVar("T")
 
 
-class DataError(ValueError):
+class DataError(HmsaError, ValueError):
     """A dataset, label or prediction file is unreadable or inconsistent. The message names the file."""
 
     def __init__(self, path: Path | str, what: str) -> None:

@@ -10,11 +10,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from hmsa.config import DATASET_SPLITS
 from hmsa.data.errors import DataError, MissingDataError, open_image, open_label, valid_ids
 from hmsa.data.labels import IGNORE, MAPILLARY_IGNORE, read_mapillary_config
 from hmsa.data.transforms import Transform, eval_transform
+from hmsa.errors import BadInputError
 
-SPLITS = ("training", "validation")
+SPLITS = DATASET_SPLITS["mapillary"]
 LABEL_IDS = valid_ids(range(66))  # the 66 v1.2 labels
 
 
@@ -24,7 +26,7 @@ class MapillaryDataset(Dataset):
 
     def __init__(self, root: Path, split: str, transform: Transform | None = None) -> None:
         if split not in SPLITS:
-            raise ValueError(f"mapillary split must be one of {SPLITS}, got {split!r}")
+            raise BadInputError(f"mapillary split must be one of {SPLITS}, got {split!r}")
         self.root = Path(root)
         labels = read_mapillary_config(self.root)
         if len(labels) != 66:

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hmsa.data.labels import MAPILLARY_V12_LABELS, MAPILLARY_V12_NAMES
+from hmsa.errors import BadInputError
 
 # Abstract scene classes, mapped to each dataset's ids below.
 (SKY, BUILDING, ROAD, SIDEWALK, VEG, TERRAIN, POLE, SIGN, LIGHT, PERSON, CAR, LANE, EGO, WALL, FENCE,
@@ -80,6 +81,7 @@ CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau"
 DEFAULT_CITYSCAPES = {"train": 48, "val": 48, "test": 48, "train_extra": 64}
 DEFAULT_MAPILLARY = {"training": 48, "validation": 32}
 COMPLETE = "SYNTH_COMPLETE.json"
+MIN_SIDE = 16  # px: smaller scenes leave no room for their objects (an IndexError at 8x16)
 TRUTH = "truth"  # <out>/truth/cityscapes/<split>/...: true labels of the coarse split, outside the root
 # Coarse annotation: chance an object is left out, and the unlabelled margin (fraction of the width).
 DROP = {SKY: 0.05, ROAD: 0.05, SIDEWALK: 0.05, BUILDING: 0.1}
@@ -418,6 +420,23 @@ def content_hash(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def check_request(seed: int, counts: dict[str, dict[str, int]], size: tuple[int, int]) -> None:
+    """Refuse what would write a dataset nobody asked for (``counts``: dataset -> split -> images;
+    the splits each dataset's layout has, whole counts >= 0, at least ``MIN_SIDE`` px a side)."""
+    if seed < 0:
+        raise BadInputError(f"--seed {seed}: must be >= 0")
+    if len(size) != 2 or min(size) < MIN_SIDE:
+        raise BadInputError(f"--size {'x'.join(map(str, size))}: height and width must be >= {MIN_SIDE} px")
+    known = {"cityscapes": DEFAULT_CITYSCAPES, "mapillary": DEFAULT_MAPILLARY}
+    for dataset, splits in counts.items():
+        for split, n in splits.items():
+            if split not in known[dataset]:
+                raise BadInputError(f"--{dataset} {split}={n}: unknown split {split!r} "
+                                    f"(known: {', '.join(known[dataset])})")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise BadInputError(f"--{dataset} {split}={n}: the image count must be a whole number >= 0")
+
+
 def generate(out: Path, seed: int = 0, cityscapes_counts: dict[str, int] | None = None,
              mapillary_counts: dict[str, int] | None = None, size: tuple[int, int] = (128, 256),
              force: bool = False) -> dict:
@@ -425,11 +444,12 @@ def generate(out: Path, seed: int = 0, cityscapes_counts: dict[str, int] | None 
     coarse split); atomic (built beside ``out``, then renamed). An existing complete dataset is kept
     unless ``force``."""
     out = Path(out)
+    cs = dict(cityscapes_counts or DEFAULT_CITYSCAPES)
+    mv = dict(mapillary_counts or DEFAULT_MAPILLARY)
+    check_request(seed, {"cityscapes": cs, "mapillary": mv}, tuple(size))
     marker = out / COMPLETE
     if marker.exists() and not force:
         return json.loads(marker.read_text())
-    cs = dict(cityscapes_counts or DEFAULT_CITYSCAPES)
-    mv = dict(mapillary_counts or DEFAULT_MAPILLARY)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     _write_cityscapes(tmp, seed, cs, size)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hmsa.errors import BadInputError
+
 REAL_COUNTS = {
     "cityscapes": {"train": 2975, "val": 500, "test": 1525, "train_extra": 19998},
     "mapillary": {"training": 18000, "validation": 2000},
@@ -54,5 +56,5 @@ def verify(dataset: str, root: Path, expected: dict[str, int] | None = None) -> 
         raise ValueError(f"unknown dataset {dataset!r}")
     for split, n in (expected or {}).items():
         if counts.get(split, 0) != n:
-            raise ValueError(f"{root}: {dataset} {split} has {counts.get(split, 0)} images, expected {n}")
+            raise BadInputError(f"{root}: {dataset} {split} has {counts.get(split, 0)} images, expected {n}")
     return counts

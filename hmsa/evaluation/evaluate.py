@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hmsa.errors import BadInputError
 from hmsa.evaluation.metrics import confusion, summarize
 from hmsa.evaluation.settings import Setting
 from hmsa.io import atomic_write, atomic_write_json, atomic_write_text
@@ -81,7 +82,7 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
     from hmsa.models.multiscale import predict_multiscale
 
     if not settings:
-        raise ValueError("evaluate: give at least one --setting")
+        raise BadInputError("evaluate: give at least one --setting")
     dist = distributed.init_from_env()
     out_dir = Path(out_dir)
     if dist.is_main:  # an earlier run's results must not pass for this one's if this one fails

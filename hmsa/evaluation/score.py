@@ -21,6 +21,7 @@ from PIL import Image
 
 from hmsa.data.errors import DataError, MissingDataError, read_file
 from hmsa.data.labels import IGNORE, MAPILLARY_IGNORE, cityscapes_label_to_train_lut
+from hmsa.errors import BadInputError
 from hmsa.io import atomic_write_json
 
 try:  # a declared dependency; Pillow gives the same arrays, only slower
@@ -37,11 +38,15 @@ _CS_KEY = re.compile(r"([A-Za-z]+_\d{6}_\d{6})")
 
 
 def _pairs(gt_files: list[Path], pred_dir: Path, key: Callable[[Path], str | None]) -> list[tuple[Path, Path]]:
+    """One prediction per ground-truth file, and no prediction left over: a prediction of an image that
+    is not in the ground truth (another split, a stray file) means the two folders do not match, and
+    scoring only their overlap would report a number for the wrong set without a word."""
     preds: dict[str, Path] = {}
     for p in sorted(Path(pred_dir).rglob("*.png")):
         k = key(p)
         if k is None:
-            continue
+            raise DataError(p, "a prediction whose name pairs with no ground truth (expected the image's "
+                               "name, e.g. frankfurt_000000_000019_*.png)")
         if k in preds:
             raise DataError(pred_dir, f"two predictions for {k}: {preds[k].name}, {p.name}")
         preds[k] = p
@@ -50,7 +55,11 @@ def _pairs(gt_files: list[Path], pred_dir: Path, key: Callable[[Path], str | Non
         k = key(g)
         if k not in preds:
             raise MissingDataError(pred_dir, f"no prediction for {g.name} (looked for *{k}*.png)")
-        pairs.append((g, preds[k]))
+        pairs.append((g, preds.pop(k)))
+    if preds:
+        extra = sorted(preds.values())
+        raise DataError(extra[0], f"a prediction with no ground truth ({len(extra)} such prediction(s)): "
+                                  "the prediction folder holds images of another split or set")
     return pairs
 
 
@@ -117,18 +126,35 @@ def _raw_counts(pairs: list[tuple[Path, Path]], gt_ids: int, pred_ids: int, work
         return np.sum(list(pool.map(_chunk_counts, jobs)), axis=0)
 
 
-def _accumulate(pairs: list[tuple[Path, Path]], lut: np.ndarray, num_classes: int, gt_ids: int,
-                pred_ids: int, workers: int) -> np.ndarray:
+def _fold(raw: np.ndarray, lut: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C+1) counts: rows = ground-truth class, columns = predicted class, last = not evaluated.
 
     ``lut`` maps raw ids to 0..C-1, or to C for ids that are not evaluated; the 256x256 raw matrix is
     folded into classes with a one-hot product, so nothing per pixel depends on the dataset."""
-    raw = _raw_counts(pairs, gt_ids, pred_ids, workers)
     onehot = np.zeros((256, num_classes + 1), np.int64)
     onehot[np.arange(256), np.minimum(lut, num_classes)] = 1
     conf = onehot.T @ raw @ onehot
     # the last row is ground truth that is not evaluated: it counts for nobody
     return conf[:num_classes]
+
+
+def _refuse_train_ids(raw: np.ndarray, lut: np.ndarray, pred_dir: Path) -> None:
+    """Cityscapes predictions must be labelIds (what the benchmark reads). trainIds 0..18 are valid
+    labelIds too, so they would be scored as mIoU ~0 without a word: compare how many evaluated pixels
+    agree with the ground truth when the predictions are read as labelIds and as trainIds, and refuse
+    when trainIds fit clearly better."""
+    gt_train = lut[:CITYSCAPES_IDS]  # ground-truth labelId -> trainId (19 = not evaluated)
+    evaluated = raw[:CITYSCAPES_IDS][gt_train < 19]
+    total = evaluated.sum()
+    if total == 0:
+        return
+    t = gt_train[gt_train < 19]
+    as_label = sum(evaluated[i, :CITYSCAPES_IDS][lut[:CITYSCAPES_IDS] == c].sum() for i, c in enumerate(t))
+    as_train = sum(evaluated[i, c] for i, c in enumerate(t))
+    if as_train >= 0.2 * total and as_train > 2 * as_label:
+        raise DataError(pred_dir, f"predictions look like trainIds, not labelIds ({100 * as_train / total:.0f} % "
+                                  f"of pixels agree with the ground truth read as trainIds, "
+                                  f"{100 * as_label / total:.0f} % as labelIds): write labelIds")
 
 
 def _summarize(conf: np.ndarray, names: list[str]) -> dict:
@@ -162,7 +188,9 @@ def score_cityscapes(gt_dir: Path, pred_dir: Path, workers: int = 1) -> dict:
 
     lut = cityscapes_label_to_train_lut()  # labelIds -> trainIds for GT and predictions alike
     lut[lut == IGNORE] = 19
-    conf = _accumulate(_pairs(gts, pred_dir, key), lut, 19, CITYSCAPES_IDS, CITYSCAPES_IDS, workers)
+    raw = _raw_counts(_pairs(gts, pred_dir, key), CITYSCAPES_IDS, CITYSCAPES_IDS, workers)
+    _refuse_train_ids(raw, lut, Path(pred_dir))
+    conf = _fold(raw, lut, 19)
     return {"dataset": "cityscapes", "images": len(gts), **_summarize(conf, CITYSCAPES_CLASSES)}
 
 
@@ -175,8 +203,8 @@ def score_mapillary(gt_dir: Path, pred_dir: Path, workers: int = 1) -> dict:
     lut = np.arange(256, dtype=np.uint8)
     lut[MAPILLARY_IGNORE:] = MAPILLARY_IGNORE  # 65 (void--unlabeled) and beyond are not evaluated
     names = [lab["readable"] for lab in MAPILLARY_V12_LABELS[:MAPILLARY_IGNORE]]
-    conf = _accumulate(_pairs(gts, pred_dir, lambda p: p.stem), lut, MAPILLARY_IGNORE, MAPILLARY_IDS,
-                       MAPILLARY_IDS, workers)
+    raw = _raw_counts(_pairs(gts, pred_dir, lambda p: p.stem), MAPILLARY_IDS, MAPILLARY_IDS, workers)
+    conf = _fold(raw, lut, MAPILLARY_IGNORE)
     return {"dataset": "mapillary", "images": len(gts), **_summarize(conf, names)}
 
 
@@ -191,7 +219,7 @@ def score(dataset: str, gt_dir: Path, pred_dir: Path, out: Path | None = None, w
     elif dataset == "mapillary":
         result = score_mapillary(Path(gt_dir), Path(pred_dir), workers)
     else:
-        raise ValueError(f"unknown dataset {dataset!r} (cityscapes or mapillary)")
+        raise BadInputError(f"unknown dataset {dataset!r} (cityscapes or mapillary)")
     if out is not None:
         atomic_write_json(Path(out), result)
     return result

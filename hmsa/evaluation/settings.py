@@ -3,7 +3,10 @@ pipeline config with them on every invocation, and importing torch would cost se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from hmsa.errors import BadInputError
 
 METHODS = ("single", "avgpool", "maxpool", "explicit", "hierarchical")
 
@@ -31,11 +34,13 @@ def parse_setting(text: str) -> Setting:
     """``method:s1,s2,...[:flip]``, e.g. ``hierarchical:0.25,0.5,1,2:flip``."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in METHODS or (len(parts) == 3 and parts[2] != "flip"):
-        raise ValueError(f"--setting {text!r}: expected METHOD:SCALES[:flip], METHOD one of {METHODS}")
+        raise BadInputError(f"--setting {text!r}: expected METHOD:SCALES[:flip], METHOD one of {METHODS}")
     try:
         scales = tuple(sorted(float(s) for s in parts[1].split(",")))
     except ValueError as exc:
-        raise ValueError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
-    if 1.0 not in scales or min(scales) <= 0:
-        raise ValueError(f"--setting {text!r}: scales must be positive and include 1.0")
+        raise BadInputError(f"--setting {text!r}: scales must be numbers like 0.5,1,2") from exc
+    if 1.0 not in scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise BadInputError(f"--setting {text!r}: scales must be finite, positive and include 1.0")
+    if len(set(scales)) != len(scales):  # avgpool:1,1,1,1 is a single-scale run under a 4-scale name
+        raise BadInputError(f"--setting {text!r}: a scale is repeated")
     return Setting(parts[0], scales, len(parts) == 3)

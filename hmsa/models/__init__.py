@@ -7,6 +7,7 @@ from functools import partial
 
 from torch import nn
 
+from hmsa.errors import BadInputError, UnknownNameError
 from hmsa.models import cpu_trunks
 from hmsa.models.cpu_trunks import HRNET_CPU, RESNET_CPU
 from hmsa.models.deeplab import DeepLabV3Plus
@@ -24,7 +25,7 @@ class _CpuSized:
     def __call__(self, num_classes: int, pretrained: bool = False, weights: str | None = None,
                  **kwargs: object) -> nn.Module:
         if pretrained or weights:
-            raise ValueError(f"model {self.name!r} has no pretrained trunk weights: set model.pretrained=false "
+            raise BadInputError(f"model {self.name!r} has no pretrained trunk weights: set model.pretrained=false "
                              "and model.weights='' (pretrained trunks: hrnet_ocr, deeplabv3plus_r50)")
         cpu_trunks.register()  # their trunks are timm models of our own (imports timm, as the trunks do)
         return self.cls(num_classes=num_classes, **self.widths, **kwargs)
@@ -49,5 +50,5 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, weights: 
                 **kwargs: object) -> nn.Module:
     """``weights``: a local file of ImageNet trunk weights (used instead of a download)."""
     if name not in MODELS:
-        raise KeyError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+        raise UnknownNameError(f"model.name: unknown model {name!r} (known: {', '.join(MODELS)})")
     return MODELS[name](num_classes=num_classes, pretrained=pretrained, weights=weights, **kwargs)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hmsa.errors import BadInputError
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -76,7 +78,8 @@ def _no_weights(name: str, pretrained: bool, kwargs: dict[str, Any]) -> None:
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
     kwargs.pop("pretrained_cfg", None)  # none to load; ours describes the inputs
     if pretrained or overlay.get("file"):
-        raise ValueError(f"{name} is a CPU-sized trunk without pretrained weights (use pretrained=False, no weights)")
+        raise BadInputError(f"{name} is a CPU-sized trunk without pretrained weights "
+                            "(use model.pretrained=false, no model.weights)")
 
 
 def hmsa_hrnet_cpu(pretrained: bool = False, **kwargs: Any) -> nn.Module:

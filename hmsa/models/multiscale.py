@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hmsa.errors import BadInputError
+
 METHODS = ("single", "avgpool", "maxpool", "explicit", "hierarchical")
 TRAIN_PAIR = (0.5, 1.0)
 BN_STATS = ("scale_1", "every_scale")
@@ -125,10 +127,10 @@ def explicit_attention(model: nn.Module, outs: dict[float, dict]) -> dict[float,
     head = getattr(model, "scale_attn", None)
     scales = tuple(sorted(outs))
     if head is None:
-        raise ValueError("method 'explicit' needs a model trained with train.method=explicit "
+        raise BadInputError("method 'explicit' needs a model trained with train.method=explicit "
                          "(Chen et al.'s joint scale attention)")
     if head.scales != scales:
-        raise ValueError(f"this explicit-attention model was trained on scales {list(head.scales)}; "
+        raise BadInputError(f"this explicit-attention model was trained on scales {list(head.scales)}; "
                          f"it cannot weigh {list(scales)} (Chen et al.'s scale set is fixed)")
     size = outs[1.0]["features"].shape[-2:]
     logits = head([_resize(outs[s]["features"], size) for s in scales])  # N×S×h×w
@@ -137,7 +139,7 @@ def explicit_attention(model: nn.Module, outs: dict[float, dict]) -> dict[float,
 
 def _needs_attention(outs: dict[float, dict], method: str) -> None:
     if method == "hierarchical" and any("attn_logit" not in o for o in outs.values()):
-        raise ValueError("method 'hierarchical' needs a model built with attention=True "
+        raise BadInputError("method 'hierarchical' needs a model built with attention=True "
                          "(and trained with the hierarchical head)")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from hmsa.errors import BadInputError
 from hmsa.io import atomic_write
 
 
@@ -22,7 +23,7 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise BadInputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
 def last_path(run_dir: Path) -> Path:
@@ -33,7 +34,7 @@ def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     """A final-model file (``results/<stage>/model.pt``): the weights and the metadata to rebuild it."""
     state = load(path)
     if "model" not in state or "meta" not in state:
-        raise ValueError(f"{path}: not an hmsa model file (needs 'model' and 'meta')")
+        raise BadInputError(f"{path}: not an hmsa model file (needs 'model' and 'meta')")
     return state["model"], state["meta"]
 
 

@@ -76,13 +76,12 @@ def build_pools(cfg: cfgmod.Config) -> tuple[list[Dataset], int, list[str]]:
     if d.train_includes_val:
         main = ConcatDataset([main, build_dataset(d.dataset, root, d.val_split, transform=tf)])
     pools = [_cap(main, d.max_images)]
-    if d.extra_pool != "none":
-        if d.dataset != "cityscapes":
-            raise ValueError("data.extra_pool: only Cityscapes has a coarse pool")
+    if d.extra_pool != "none":  # Cityscapes only (hmsa.config.validate)
         kw: dict[str, Any] = {"labels": d.extra_pool, "transform": tf}
         if d.extra_pool == "autolabel":
+            # a path the pipeline gives as an override, so an experiment file alone may lack it
             if not d.extra_pool_root:
-                raise ValueError("data.extra_pool_root: required when data.extra_pool is 'autolabel'")
+                raise cfgmod.ConfigError("data.extra_pool_root: required when data.extra_pool is 'autolabel'")
             kw["label_root"] = Path(d.extra_pool_root)
         pools.append(_cap(build_dataset("cityscapes", root, "train_extra", **kw), d.max_images))
     return pools, num_classes, names

@@ -55,7 +55,8 @@ def expand(text: str, tmp: Path, data: Path | None = None) -> str:
 
 
 def run(case: Case, tmp: Path, data: Path | None = None) -> Outcome:
-    """Run one case in this process; stdout is discarded, stderr captured, any exception a traceback."""
+    """Run one case in this process, in ``tmp`` (what a command writes beside itself lands there);
+    stdout is discarded, stderr captured, any exception a traceback."""
     import os
 
     from hmsa.cli import main
@@ -67,7 +68,7 @@ def run(case: Case, tmp: Path, data: Path | None = None) -> Outcome:
     saved = {k: os.environ.get(k) for k in case.env}
     os.environ.update({k: expand(v, tmp, data) for k, v in case.env.items()})
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.chdir(tmp), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
                 code = main(argv)
             except SystemExit as exc:  # argparse
@@ -84,11 +85,25 @@ def run(case: Case, tmp: Path, data: Path | None = None) -> Outcome:
     return Outcome(code, err.getvalue())
 
 
+def left_behind(case: Case, tmp: Path, data: Path | None = None) -> list[Path]:
+    """The ``unfinished`` paths that exist after the command."""
+    return [p for p in (Path(expand(u, tmp, data)) for u in case.unfinished) if p.exists()]
+
+
+def classify(case: Case, out: Outcome, tmp: Path, data: Path | None = None) -> str:
+    """What the runner counts: a one-line error that does not name the file or key is ``unclear``,
+    and so is one that leaves an output looking finished."""
+    kind = out.kind
+    if kind == ONE_LINE and (expand(case.names, tmp, data) not in out.stderr or left_behind(case, tmp, data)):
+        return UNCLEAR
+    return kind
+
+
 def check(case: Case, tmp: Path, data: Path | None = None) -> None:
     """Assert the contract for one case (the body of every parametrised fault test)."""
     out = run(case, tmp, data)
     assert out.kind == ONE_LINE, f"{case.name}: {out.kind} (exit {out.code}):\n{out.stderr}"
     names = expand(case.names, tmp, data)
     assert names in out.stderr, f"{case.name}: the error does not name {names!r}: {out.stderr.strip()}"
-    left = [p for p in (Path(expand(u, tmp, data)) for u in case.unfinished) if p.exists()]
+    left = left_behind(case, tmp, data)
     assert not left, f"{case.name}: left behind {left}"

@@ -28,8 +28,12 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
 os.environ["HMSA_PIPELINE_CONFIG"] = json.dumps(config, sort_keys=True, default=str)
 
 
+# Every stage of this pipeline config: a cluster file's `stages:` may name only these (a misspelt stage
+# would otherwise silently get the defaults, found out only when its job runs out of time or memory).
+PIPELINE_STAGES = [f"prepare_{ds}" for ds in ("cityscapes", "mapillary")] + [
+    *config["train"], *(config.get("autolabel") or {}), *config["evaluate"]]
 try:  # read and checked as `hmsa submit` reads it: defaults < kinds < stages, per-seed copies included
-    _CLUSTER_CFG = load_cluster(CLUSTER)
+    _CLUSTER_CFG = load_cluster(CLUSTER, PIPELINE_STAGES)
 except ClusterConfigError as exc:
     sys.exit(str(exc))
 
