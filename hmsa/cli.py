@@ -256,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"hmsa {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder, a directory where a file goes
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else " ".join(str(exc).split())
+        print(f"hmsa {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,7 +12,14 @@ from hmsa.io import atomic_write
 
 def save(state: dict[str, Any], path: Path) -> None:
     """Temp file + fsync + rename: a job killed mid-write leaves the previous checkpoint intact."""
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: Path) -> None:
+        # A file object, not a path: torch then reports a full disk as OSError 28 (with a path it
+        # raises an opaque "unexpected pos" RuntimeError).
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+
+    atomic_write(Path(path), write)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -22,7 +29,8 @@ def load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt file
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        what = " ".join(str(exc).split())[:200]  # one line, and not torch's page of advice
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {what})") from exc
 
 
 def last_path(run_dir: Path) -> Path:
@@ -30,11 +38,11 @@ def last_path(run_dir: Path) -> Path:
 
 
 def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A final-model file (``results/<stage>/model.pt``): the weights and the metadata to rebuild it."""
-    state = load(path)
-    if "model" not in state or "meta" not in state:
-        raise ValueError(f"{path}: not an hmsa model file (needs 'model' and 'meta')")
-    return state["model"], state["meta"]
+    """A final-model file (``results/<stage>/model.pt``): the weights and the checked metadata to rebuild
+    it (``hmsa.model_file``)."""
+    from hmsa import model_file
+
+    return model_file.read(Path(path))
 
 
 def load_matching(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:

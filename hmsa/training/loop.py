@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from hmsa import config as cfgmod
+from hmsa import runlock
 from hmsa.io import atomic_write_json
 from hmsa.tracking import ENV_RUN_ID, StageTracker, git_commit
 from hmsa.training import checkpoint, curves, distributed, optim, precision, state
@@ -102,7 +103,8 @@ def pool_centroids(cfg: cfgmod.Config, pools: list[Dataset], run_dir: Path) -> l
         bases = [resolve(pool, j) for j in range(len(pool))]  # type: ignore[arg-type]
         files = [base.items[i][1] for base, i in bases]
         base = bases[0][0]
-        tables.append(cached_centroids(files, base.lut, base.num_classes, d.class_uniform_tile, cache))
+        tables.append(cached_centroids(files, base.lut, base.num_classes, d.class_uniform_tile, cache,
+                                      valid=base.valid))
     return tables
 
 
@@ -127,11 +129,16 @@ def _build(cfg: cfgmod.Config, num_classes: int, device: torch.device) -> nn.Mod
                        attention=m.attention, explicit_scales=cfgmod.explicit_scales(cfg)).to(device)
 
 
-def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str]) -> dict[str, Any]:
+def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str], run_id: str = "",
+               run_dir: Path | None = None) -> dict[str, Any]:
+    """What the model file says it is (checked by every reader, ``hmsa.model_file``) and who made it."""
+    from hmsa.tracking import ENV_STAGE
+
     return {"name": cfg.model.name, "num_classes": num_classes, "attention": cfg.model.attention,
             "dataset": cfg.data.dataset, "class_names": names, "train_method": cfg.train.method,
             "explicit_scales": list(cfgmod.explicit_scales(cfg) or []),
-            "config_hash": cfgmod.config_hash(cfg)}
+            "config_hash": cfgmod.config_hash(cfg), "stage": os.environ.get(ENV_STAGE, ""),
+            "mlflow_run_id": run_id, "run_dir": str(Path(run_dir).resolve()) if run_dir else ""}
 
 
 @dataclass
@@ -154,8 +161,18 @@ class _Run:
                                                  self.tracker.run_id or ""), checkpoint.last_path(self.run_dir))
 
 
-def _init_weights(model: nn.Module, path: str) -> None:
-    weights, _ = checkpoint.load_model_file(Path(path))
+def _read_init(cfg: cfgmod.Config) -> dict[str, torch.Tensor] | None:
+    """The ``model.init`` weights, checked up front: a model file, of this run's architecture."""
+    from hmsa import model_file
+
+    if not cfg.model.init:
+        return None
+    weights, meta = model_file.read(Path(cfg.model.init))
+    model_file.check_init(Path(cfg.model.init), meta, cfg.model.name)
+    return weights
+
+
+def _init_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
     skipped = checkpoint.load_matching(model, weights)
     log.info("initialised from %s; not transferred: %d tensors (%s...)", path, len(skipped), skipped[:3])
 
@@ -185,6 +202,16 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     Raises ``Preempted`` (after saving ``last.pt``) when ``STOP_REQUESTED`` is set during training."""
     dist = distributed.init_from_env()
     run_dir = Path(run_dir)
+    if dist.is_main:
+        state.check_outputs(run_dir, out_model, out_metrics)
+    # One process at a time in a run dir (on any host): two would mix their checkpoints and records.
+    with runlock.hold(run_dir, enabled=dist.is_main):
+        return _train(cfg, run_dir, dist, out_model, out_metrics, resume)
+
+
+def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_model: Path | None,
+           out_metrics: Path | None, resume: bool) -> dict[str, Any]:
+    init = _read_init(cfg)
     seed_everything(cfg.seed)
     pools, num_classes, names = build_pools(cfg)
     model, sync_bn = precision.maybe_sync_bn(_build(cfg, num_classes, dist.device), cfg.train.sync_bn,
@@ -195,9 +222,9 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     opt = optim.build_sgd(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
     start = 0
     if saved is not None:
-        start = state.restore(saved, model, opt, prec)
-    elif cfg.model.init:
-        _init_weights(model, cfg.model.init)
+        start = state.restore(saved, model, opt, prec, checkpoint.last_path(run_dir))
+    elif init is not None:
+        _init_weights(model, init, cfg.model.init)
     tracker = _tracker(saved)
     if dist.is_main:
         cfgmod.dump(cfg, run_dir / "config.yaml")
@@ -222,8 +249,8 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
               "amp": prec.active, "sync_bn": sync_bn}
     if dist.is_main:
         if out_model is not None:
-            checkpoint.save({"model": model.state_dict(), "meta": model_meta(cfg, num_classes, names)},
-                            Path(out_model))
+            meta = model_meta(cfg, num_classes, names, tracker.run_id or "", run_dir)
+            checkpoint.save({"model": model.state_dict(), "meta": meta}, Path(out_model))
         if out_metrics is not None:
             curves.export(run_dir, Path(out_metrics).parent / curves.FILE, cfg.train.iterations)
             atomic_write_json(Path(out_metrics), result)
