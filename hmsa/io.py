@@ -92,6 +92,14 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({what})") from exc
 
 
+def brief(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first sentence`` of an exception from a library (torch, timm) whose messages run over
+    several lines of advice: enough for the one-line error, which also names the file."""
+    text = " ".join(str(exc).split())
+    first = text.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {first[:limit]}" if first else type(exc).__name__
+
+
 def pid_running(pid: int) -> bool:
     """Whether a process with this id exists on this host (a zombie counts as gone)."""
     if pid <= 0:

@@ -23,7 +23,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +138,3 @@ def release(run_dir: Path, mine: dict[str, Any]) -> None:
     path = Path(run_dir) / LOCK
     if _read(path) == mine:
         path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def hold(run_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """The run dir's lock for the block (``enabled=False``: a no-op, for the ranks other than 0)."""
-    if not enabled:
-        yield
-        return
-    mine = acquire(run_dir)
-    try:
-        yield
-    finally:
-        release(run_dir, mine)

@@ -32,9 +32,9 @@ class TimmTrunk(nn.Module):
         except (RuntimeError, KeyError, ValueError, EOFError) as exc:
             if not weights:
                 raise
-            what = " ".join(str(exc).split())[:160]
-            raise ValueError(f"{weights}: not {name} trunk weights (model.weights): {type(exc).__name__}: "
-                             f"{what}") from exc
+            from hmsa.io import brief
+
+            raise ValueError(f"{weights}: not {name} trunk weights (model.weights): {brief(exc)}") from exc
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
 

@@ -202,11 +202,20 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     Raises ``Preempted`` (after saving ``last.pt``) when ``STOP_REQUESTED`` is set during training."""
     dist = distributed.init_from_env()
     run_dir = Path(run_dir)
+    lock, failure = None, None
     if dist.is_main:
-        state.check_outputs(run_dir, out_model, out_metrics)
-    # One process at a time in a run dir (on any host): two would mix their checkpoints and records.
-    with runlock.hold(run_dir, enabled=dist.is_main):
+        try:
+            state.check_outputs(run_dir, out_model, out_metrics)
+            # One process at a time in a run dir (on any host): two would mix checkpoints and records.
+            lock = runlock.acquire(run_dir)
+        except Exception as exc:  # noqa: BLE001 - raised below, on every rank together
+            failure = exc
+    distributed.raise_together(failure, dist.device)
+    try:
         return _train(cfg, run_dir, dist, out_model, out_metrics, resume)
+    finally:
+        if lock is not None:
+            runlock.release(run_dir, lock)
 
 
 def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_model: Path | None,
