@@ -122,9 +122,9 @@ def test_processes_racing_for_a_stale_lock_one_wins(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_real_trains_then_kill_9_and_resume(data: Path, tmp_path: Path) -> None:
+def test_two_real_trains_then_kill_9(data: Path, tmp_path: Path) -> None:
     """Two real processes: the second is refused in one line naming the first; after the first is
-    killed with SIGKILL, the same command resumes (its stale lock does not block)."""
+    killed with SIGKILL, its stale lock does not block the next run in the dir."""
     args = [a.replace("{tmp}", str(tmp_path)).replace("{data}", str(data)) for a in TRAIN[1:]]
     env = {**os.environ, "HMSA_TRACKING": "0"}
     first = subprocess.Popen([sys.executable, "-m", "hmsa", "train", *args, "train.iterations=400",
@@ -142,6 +142,9 @@ def test_two_real_trains_then_kill_9_and_resume(data: Path, tmp_path: Path) -> N
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-    resumed = run(Case("resume", [*TRAIN, "train.iterations=400", "train.checkpoint_every=1"], names=""),
-                  tmp_path, data)
-    assert resumed.code == 0, resumed.stderr
+    # the killed process's lock is stale: the next run in this dir proceeds (a shorter one here; the
+    # bit-exact resume after kill -9 is tests/test_preempt.py's, through the same lock)
+    assert (tmp_path / "run" / ".lock").exists()
+    after = run(Case("after the kill", [*TRAIN, "train.iterations=1"], names=""), tmp_path, data)
+    assert after.code == 0, after.stderr
+    assert not (tmp_path / "run" / ".lock").exists()
