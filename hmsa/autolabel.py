@@ -26,7 +26,7 @@ from PIL import Image
 from hmsa import autolabel_quality
 from hmsa.data.errors import read_file
 from hmsa.errors import BadInputError
-from hmsa.io import atomic_write, atomic_write_json, file_sha256, read_json
+from hmsa.io import atomic_write, atomic_write_json, check_output, check_writable_dir, clean_tmp, file_sha256, read_json
 from hmsa.tracking import StageTracker
 from hmsa.training import distributed
 
@@ -136,15 +136,22 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
     """Label this job's share of the images; the job that finds every share done writes the manifest
     (so with a SLURM array, whichever task finishes last). Returns the manifest, or {} if not written.
     ``truth``: root of the true labels of ``split`` (adds the manifest's ``quality`` section)."""
+    from hmsa import model_file
     from hmsa.data import build_dataset
     from hmsa.data.transforms import eval_transform
     from hmsa.evaluation.evaluate import load_model
 
     dist = distributed.init_from_env()
     if dist.is_main:  # an earlier manifest must not pass for this run's if this run fails
+        check_output(Path(manifest_path), "--manifest")
         Path(manifest_path).unlink(missing_ok=True)
+        check_writable_dir(Path(out_dir))
+        clean_tmp(Path(out_dir), recursive=True)  # temp files of a killed run (never a live shard's)
     model, meta = load_model(Path(model_path), dist.device)
     ds = build_dataset("cityscapes", Path(root), split, labels="none", transform=eval_transform())
+    # labels are written as Cityscapes trainIds: a teacher of another dataset would write other ids
+    model_file.check_dataset(Path(model_path), meta, "cityscapes", list(ds.class_names))
+    model_file.check_methods(Path(model_path), meta, [method])
     n = len(ds) if max_images <= 0 else min(max_images, len(ds))
     c = meta["num_classes"]
     k, total = shard[0] * dist.world_size + dist.rank, shard[1] * dist.world_size

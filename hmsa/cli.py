@@ -34,8 +34,14 @@ def _cmd_data(a: argparse.Namespace) -> int:
         return 0
     from hmsa.data.verify import verify
 
-    if a.data_cmd == "prepare" and a.out is not None:
-        a.out.unlink(missing_ok=True)  # the manifest means "prepared": never a stale one after a failure
+    if a.data_cmd == "prepare":  # a directory as --out, a read-only folder: found before decoding it all
+        from hmsa.io import check_output, check_writable_dir
+
+        if a.out is not None:
+            check_output(a.out, "--out")
+            a.out.unlink(missing_ok=True)  # the manifest means "prepared": never a stale one after a failure
+        if getattr(a, "prepared", None) is not None:
+            check_writable_dir(a.prepared)
     counts = verify(a.dataset, a.root, expected=None if not a.real_counts else _real_counts(a.dataset))
     print(f"{a.dataset} at {a.root}: {counts}")
     if a.data_cmd != "prepare":
@@ -272,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     # Expected failures only: a ValueError or KeyError from deep inside is a bug and keeps its traceback.
     except (HmsaError, FileNotFoundError) as exc:
         print(f"hmsa {args.cmd}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder, a directory where a file goes
+        msg = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else " ".join(str(exc).split())
+        print(f"hmsa {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -16,7 +16,6 @@ with the same ``hmsa.child_key`` tag first, so a re-sent op or a re-run stage ne
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from hmsa.io import flock
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -53,15 +54,9 @@ def _write_run_id(path: Path, run_id: str) -> None:
     os.replace(tmp, path.with_suffix(".run"))
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
     """Two trackers of one run (e.g. the CLI and the stage code, or a job and `hmsa submit`) take turns."""
-    with open(path.with_suffix(".lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return flock(path.with_suffix(".lock"))
 
 
 def append(path: Path, op: dict[str, Any]) -> None:

@@ -35,8 +35,9 @@ def write_model(path: Path, num_classes: int, names: list[str], seed: int = 0, b
             for conv in last:
                 if conv.bias is not None:
                     conv.bias[bias] += 2.0
+    dataset = {19: "cityscapes", 65: "mapillary"}[num_classes]
     meta = {"name": "hrnet_ocr_tiny", "num_classes": num_classes, "attention": True, "class_names": names,
-            "config_hash": "test"}
+            "dataset": dataset, "config_hash": "test"}
     torch.save({"model": model.state_dict(), "meta": meta}, path)
     return path
 

@@ -45,6 +45,7 @@ class MapillaryDataset(Dataset):
             raise MissingDataError(missing[0], f"label missing ({len(missing)} of {len(images)} {split} images)")
         self.lut = np.arange(256, dtype=np.uint8)
         self.lut[MAPILLARY_IGNORE] = IGNORE
+        self.valid = LABEL_IDS
 
     def __len__(self) -> int:
         return len(self.items)
@@ -52,7 +53,7 @@ class MapillaryDataset(Dataset):
     def load(self, i: int) -> tuple[Image.Image, np.ndarray]:
         img_path, lab_path, _ = self.items[i]
         image = open_image(img_path)
-        return image, self.lut[open_label(lab_path, LABEL_IDS, image.size)]
+        return image, self.lut[open_label(lab_path, self.valid, image.size)]
 
     def __getitem__(self, i: int) -> dict:
         img, lab = self.transform(*self.load(i))

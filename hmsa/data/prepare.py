@@ -21,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from hmsa.data.errors import DataError, open_image, open_label
-from hmsa.io import atomic_write, atomic_write_json
+from hmsa.io import atomic_write, atomic_write_json, check_writable_dir, clean_tmp
 
 log = logging.getLogger("hmsa.prepare")
 PAPER_LONG_EDGE = 2177
@@ -82,6 +82,8 @@ def prepare_mapillary(root: Path, out: Path, long_edge: int = PAPER_LONG_EDGE) -
         raise DataError(out, f"--long-edge must be >= 0, got {long_edge}")
     if out.resolve() == root.resolve():
         raise DataError(out, "the prepared folder must differ from the dataset root")
+    check_writable_dir(out)
+    clean_tmp(out, recursive=True)  # what a killed earlier run left (never a live writer's)
     params = {"long_edge": long_edge, "image": "bilinear/jpeg95", "label": "nearest/png"}
     splits = {split: MapillaryDataset(root, split) for split in SPLITS}  # layout and labels checked here
     cache_path = out / CACHE

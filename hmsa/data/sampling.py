@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from hmsa.io import atomic_write_json
 
+log = logging.getLogger("hmsa.data")
 Centroid = tuple[int, int, int]  # (image index, y, x)
 
 
@@ -47,21 +49,24 @@ def image_centroids(label: np.ndarray, num_classes: int, tile: int) -> dict[int,
     return out
 
 
-def _one(args: tuple[int, str, bytes, int, int]) -> tuple[int, dict[int, list[tuple[int, int]]]]:
-    from PIL import Image
+def _one(args: tuple[int, str, bytes, bytes, int, int]) -> tuple[int, dict[int, list[tuple[int, int]]]]:
+    from hmsa.data.errors import open_label
 
-    from hmsa.data.errors import read_file
-
-    index, path, lut_bytes, num_classes, tile = args
-    raw = read_file(Path(path), "label", lambda p: np.asarray(Image.open(p)))
+    index, path, lut_bytes, valid_bytes, num_classes, tile = args
+    # the loaders' own check (8-bit, one channel, ids of the dataset): a 16-bit label with ids above
+    # 255 or an RGB label is a one-line error naming the file, not an IndexError in the LUT
+    raw = open_label(Path(path), np.frombuffer(valid_bytes, dtype=bool))
     label = np.frombuffer(lut_bytes, dtype=np.uint8)[raw]
     return index, image_centroids(label, num_classes, tile)
 
 
 def build_centroids(label_files: list[Path], lut: np.ndarray, num_classes: int, tile: int,
-                    workers: int | None = None) -> dict[int, list[Centroid]]:
-    """Class -> [(image index, y, x)]. ``lut`` maps the stored ids to train ids (255 = ignore)."""
-    jobs = [(i, str(f), np.asarray(lut, np.uint8).tobytes(), num_classes, tile) for i, f in enumerate(label_files)]
+                    workers: int | None = None, valid: np.ndarray | None = None) -> dict[int, list[Centroid]]:
+    """Class -> [(image index, y, x)]. ``lut`` maps the stored ids to train ids (255 = ignore);
+    ``valid`` (bool[256]) says which stored ids the dataset has (default: all)."""
+    valid_bytes = np.ones(256, bool).tobytes() if valid is None else np.asarray(valid, bool).tobytes()
+    jobs = [(i, str(f), np.asarray(lut, np.uint8).tobytes(), valid_bytes, num_classes, tile)
+            for i, f in enumerate(label_files)]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -75,15 +80,33 @@ def build_centroids(label_files: list[Path], lut: np.ndarray, num_classes: int, 
     return table
 
 
+def _read_cache(path: Path, images: int, num_classes: int) -> dict[int, list[Centroid]] | None:
+    """The cached table, or None (after a warning) when the file is damaged: truncated by a full disk,
+    edited, or written for other images. The cache is only a cache: it is rebuilt."""
+    try:
+        data = json.loads(path.read_text())
+        table = {int(c): [tuple(int(v) for v in p) for p in pts] for c, pts in data["centroids"].items()}
+        ok = (data.get("images") == images and set(table) == set(range(num_classes))
+              and all(len(p) == 3 and 0 <= p[0] < images for pts in table.values() for p in pts))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: unreadable centroid cache (%s); rebuilding it", path, type(exc).__name__)
+        return None
+    if not ok:
+        log.warning("%s: centroid cache does not match its label files; rebuilding it", path)
+        return None
+    return table  # type: ignore[return-value]
+
+
 def cached_centroids(label_files: list[Path], lut: np.ndarray, num_classes: int, tile: int,
-                     cache_dir: Path) -> dict[int, list[Centroid]]:
+                     cache_dir: Path, valid: np.ndarray | None = None) -> dict[int, list[Centroid]]:
     """Load the centroids for exactly these label files, or build and cache them."""
     key = f"{labels_hash(label_files)}-c{num_classes}-t{tile}"
     path = Path(cache_dir) / f"centroids-{key}.json"
     if path.exists():
-        data = json.loads(path.read_text())
-        return {int(c): [tuple(p) for p in pts] for c, pts in data["centroids"].items()}
-    table = build_centroids(label_files, lut, num_classes, tile)
+        table = _read_cache(path, len(label_files), num_classes)
+        if table is not None:
+            return table
+    table = build_centroids(label_files, lut, num_classes, tile, valid=valid)
     atomic_write_json(path, {"images": len(label_files), "tile": tile,
                              "centroids": {str(c): pts for c, pts in table.items()}})
     return table

@@ -46,6 +46,7 @@ from PIL import Image, ImageDraw
 
 from hmsa.data.labels import MAPILLARY_V12_LABELS, MAPILLARY_V12_NAMES
 from hmsa.errors import BadInputError
+from hmsa.io import remove_dead_builds
 
 # Abstract scene classes, mapped to each dataset's ids below.
 (SKY, BUILDING, ROAD, SIDEWALK, VEG, TERRAIN, POLE, SIGN, LIGHT, PERSON, CAR, LANE, EGO, WALL, FENCE,
@@ -451,6 +452,7 @@ def generate(out: Path, seed: int = 0, cityscapes_counts: dict[str, int] | None 
     if marker.exists() and not force:
         return json.loads(marker.read_text())
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    remove_dead_builds(out.parent, f".{out.name}.tmp-")  # a kill during an earlier synth
     shutil.rmtree(tmp, ignore_errors=True)
     _write_cityscapes(tmp, seed, cs, size)
     _write_mapillary(tmp / "mapillary", seed, mv, size)

@@ -20,19 +20,16 @@ from torch import nn
 from hmsa.errors import BadInputError
 from hmsa.evaluation.metrics import confusion, summarize
 from hmsa.evaluation.settings import Setting
-from hmsa.io import atomic_write, atomic_write_json, atomic_write_text
-from hmsa.training import checkpoint, distributed
+from hmsa.io import atomic_write, atomic_write_json, atomic_write_text, check_output, clean_tmp
+from hmsa.training import distributed
 
 log = logging.getLogger("hmsa.evaluate")
 
 def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    from hmsa.models import build_model
+    """The model of a model file, its meta checked and its weights fitting (``hmsa.model_file``)."""
+    from hmsa import model_file
 
-    weights, meta = checkpoint.load_model_file(path)
-    model = build_model(meta["name"], meta["num_classes"], attention=meta["attention"],
-                        explicit_scales=tuple(meta.get("explicit_scales") or ()) or None)
-    model.load_state_dict(weights)
-    return model.to(device).eval(), meta
+    return model_file.build(path, device)
 
 
 def _dataset(dataset: str, root: Path, split: str, max_images: int) -> Any:
@@ -79,6 +76,7 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
                    save_predictions: Path | None = None) -> dict[str, Any]:
     """Write ``out_dir/metrics.json`` and ``out_dir/per_class.csv``; return the metrics. With
     ``save_predictions``, also each image's prediction PNG (see ``prediction_path``)."""
+    from hmsa import model_file
     from hmsa.models.multiscale import predict_multiscale
 
     if not settings:
@@ -86,10 +84,14 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
     dist = distributed.init_from_env()
     out_dir = Path(out_dir)
     if dist.is_main:  # an earlier run's results must not pass for this one's if this one fails
+        clean_tmp(out_dir)
         for stale in ("metrics.json", "per_class.csv", "confusion.npz"):
+            check_output(out_dir / stale, "evaluate output")  # a directory there, a read-only disk: now
             (out_dir / stale).unlink(missing_ok=True)
     model, meta = load_model(Path(model_path), dist.device)
     ds, n = _dataset(dataset, Path(root), split, max_images)
+    model_file.check_dataset(Path(model_path), meta, dataset, list(ds.class_names))
+    model_file.check_methods(Path(model_path), meta, [s.method for s in settings])
     c = meta["num_classes"]
     confs = {s.name: torch.zeros(c, c, dtype=torch.int64) for s in settings}
     seen = torch.zeros(1, dtype=torch.int64)

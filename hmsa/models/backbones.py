@@ -4,6 +4,8 @@ output stride 8. Pretrained ImageNet weights come through timm when asked for, o
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,10 +21,21 @@ class TimmTrunk(nn.Module):
 
         extra: dict = dict(kwargs)
         if weights:
-            # timm reads the checkpoint from this file instead of downloading it.
+            # timm reads the checkpoint from this file instead of downloading it; its own errors for a
+            # missing or foreign file are empty or pages long, hence the checks and the one line here.
+            if not Path(weights).is_file():
+                raise FileNotFoundError(f"{weights}: trunk weights file (model.weights) not found")
             extra["pretrained_cfg_overlay"] = {"file": str(weights)}
-        self.body = timm.create_model(name, features_only=True, out_indices=out_indices,
-                                      pretrained=bool(pretrained or weights), **extra)
+        try:
+            self.body = timm.create_model(name, features_only=True, out_indices=out_indices,
+                                          pretrained=bool(pretrained or weights), **extra)
+        except (RuntimeError, KeyError, ValueError, EOFError) as exc:
+            if not weights:
+                raise
+            from hmsa.errors import BadInputError
+            from hmsa.io import brief
+
+            raise BadInputError(f"{weights}: not {name} trunk weights (model.weights): {brief(exc)}") from exc
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
 

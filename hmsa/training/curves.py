@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from hmsa.io import atomic_write_text
+from hmsa.io import atomic_write_text, naming
 
 COLUMNS = ("step", "loss", "lr")
 FILE = "curves.csv"
@@ -18,7 +18,7 @@ FILE = "curves.csv"
 def append(run_dir: Path, step: int, loss: float, lr: float) -> None:
     path = Path(run_dir) / FILE
     new = not path.exists()
-    with open(path, "a", newline="") as fh:
+    with naming(path), open(path, "a", newline="") as fh:  # a full disk: one line naming the file
         if new:
             fh.write(",".join(COLUMNS) + "\n")
         fh.write(f"{step},{loss:.6g},{lr:.6g}\n")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hmsa.errors import HmsaError
+
 log = logging.getLogger("hmsa.distributed")
 
 
@@ -56,6 +58,17 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def raise_together(exc: BaseException | None, device: torch.device) -> None:
+    """Raise ``exc`` on its rank, and an error on every other rank: a rank that failed alone before a
+    collective (a refused run dir, an unwritable output) would leave the others waiting forever."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        failed = all_reduce_sum(torch.tensor([int(exc is not None)], device=device))
+        if exc is None and int(failed.item()) > 0:
+            raise HmsaError("another rank could not start the run (its error is in its log)")
+    if exc is not None:
+        raise exc
 
 
 def barrier() -> None:

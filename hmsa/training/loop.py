@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from hmsa import config as cfgmod
+from hmsa import runlock
 from hmsa.io import atomic_write_json
 from hmsa.tracking import ENV_RUN_ID, StageTracker
 from hmsa.training import checkpoint, curves, distributed, optim, precision, state
@@ -101,7 +102,8 @@ def pool_centroids(cfg: cfgmod.Config, pools: list[Dataset], run_dir: Path) -> l
         bases = [resolve(pool, j) for j in range(len(pool))]  # type: ignore[arg-type]
         files = [base.items[i][1] for base, i in bases]
         base = bases[0][0]
-        tables.append(cached_centroids(files, base.lut, base.num_classes, d.class_uniform_tile, cache))
+        tables.append(cached_centroids(files, base.lut, base.num_classes, d.class_uniform_tile, cache,
+                                      valid=base.valid))
     return tables
 
 
@@ -126,11 +128,16 @@ def _build(cfg: cfgmod.Config, num_classes: int, device: torch.device) -> nn.Mod
                        attention=m.attention, explicit_scales=cfgmod.explicit_scales(cfg)).to(device)
 
 
-def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str]) -> dict[str, Any]:
+def model_meta(cfg: cfgmod.Config, num_classes: int, names: list[str], run_id: str = "",
+               run_dir: Path | None = None) -> dict[str, Any]:
+    """What the model file says it is (checked by every reader, ``hmsa.model_file``) and who made it."""
+    from hmsa.tracking import ENV_STAGE
+
     return {"name": cfg.model.name, "num_classes": num_classes, "attention": cfg.model.attention,
             "dataset": cfg.data.dataset, "class_names": names, "train_method": cfg.train.method,
             "explicit_scales": list(cfgmod.explicit_scales(cfg) or []),
-            "config_hash": cfgmod.config_hash(cfg)}
+            "config_hash": cfgmod.config_hash(cfg), "stage": os.environ.get(ENV_STAGE, ""),
+            "mlflow_run_id": run_id, "run_dir": str(Path(run_dir).resolve()) if run_dir else ""}
 
 
 @dataclass
@@ -153,8 +160,18 @@ class _Run:
                                                  self.tracker.run_id or ""), checkpoint.last_path(self.run_dir))
 
 
-def _init_weights(model: nn.Module, path: str) -> None:
-    weights, _ = checkpoint.load_model_file(Path(path))
+def _read_init(cfg: cfgmod.Config) -> dict[str, torch.Tensor] | None:
+    """The ``model.init`` weights, checked up front: a model file, of this run's architecture."""
+    from hmsa import model_file
+
+    if not cfg.model.init:
+        return None
+    weights, meta = model_file.read(Path(cfg.model.init))
+    model_file.check_init(Path(cfg.model.init), meta, cfg.model.name)
+    return weights
+
+
+def _init_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: str) -> None:
     skipped = checkpoint.load_matching(model, weights)
     log.info("initialised from %s; not transferred: %d tensors (%s...)", path, len(skipped), skipped[:3])
 
@@ -184,6 +201,25 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     Raises ``Preempted`` (after saving ``last.pt``) when ``STOP_REQUESTED`` is set during training."""
     dist = distributed.init_from_env()
     run_dir = Path(run_dir)
+    lock, failure = None, None
+    if dist.is_main:
+        try:
+            state.check_outputs(run_dir, out_model, out_metrics)
+            # One process at a time in a run dir (on any host): two would mix checkpoints and records.
+            lock = runlock.acquire(run_dir)
+        except Exception as exc:  # noqa: BLE001 - raised below, on every rank together
+            failure = exc
+    distributed.raise_together(failure, dist.device)
+    try:
+        return _train(cfg, run_dir, dist, out_model, out_metrics, resume)
+    finally:
+        if lock is not None:
+            runlock.release(run_dir, lock)
+
+
+def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_model: Path | None,
+           out_metrics: Path | None, resume: bool) -> dict[str, Any]:
+    init = _read_init(cfg)
     seed_everything(cfg.seed)
     pools, num_classes, names = build_pools(cfg)
     model, sync_bn = precision.maybe_sync_bn(_build(cfg, num_classes, dist.device), cfg.train.sync_bn,
@@ -194,9 +230,9 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
     opt = optim.build_sgd(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
     start = 0
     if saved is not None:
-        start = state.restore(saved, model, opt, prec)
-    elif cfg.model.init:
-        _init_weights(model, cfg.model.init)
+        start = state.restore(saved, model, opt, prec, checkpoint.last_path(run_dir))
+    elif init is not None:
+        _init_weights(model, init, cfg.model.init)
     tracker = _tracker(saved)
     if dist.is_main:
         cfgmod.dump(cfg, run_dir / "config.yaml")
@@ -221,8 +257,8 @@ def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = Non
               "amp": prec.active, "sync_bn": sync_bn}
     if dist.is_main:
         if out_model is not None:
-            checkpoint.save({"model": model.state_dict(), "meta": model_meta(cfg, num_classes, names)},
-                            Path(out_model))
+            meta = model_meta(cfg, num_classes, names, tracker.run_id or "", run_dir)
+            checkpoint.save({"model": model.state_dict(), "meta": meta}, Path(out_model))
         if out_metrics is not None:
             curves.export(run_dir, Path(out_metrics).parent / curves.FILE, cfg.train.iterations)
             atomic_write_json(Path(out_metrics), result)

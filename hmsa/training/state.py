@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hmsa import config as cfgmod
+from hmsa.errors import BadInputError
 from hmsa.io import file_sha256
 from hmsa.training import checkpoint, distributed
 from hmsa.training.precision import Precision
@@ -71,8 +72,14 @@ def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, precision
 
 
 def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            precision: Precision) -> int:
+            precision: Precision, path: Path | str = "last.pt") -> int:
     """Load a ``training_state`` into the objects of a fresh run; returns the iteration to start at."""
+    from hmsa.model_file import weight_mismatch
+
+    wrong = weight_mismatch(model, state["model"])
+    if wrong:  # same run key yet other shapes: the file was swapped or the code changed under it
+        raise BadInputError(f"{path}: checkpoint does not fit this run's model ({wrong}); "
+                         "`hmsa train --no-resume` sets it aside and starts over")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     precision.load_state_dict(state.get("scaler") or {})
@@ -92,13 +99,28 @@ def run_key(cfg: cfgmod.Config) -> str:
 
 
 def _resume_or_set_aside(run_dir: Path, key: str, resume: bool) -> dict | None:
+    """The checkpoint to resume, or None after moving the run dir's checkpoints aside. ``--no-resume``
+    is decided before ``last.pt`` is read: it is the way to start over from a corrupt one."""
     last = checkpoint.last_path(run_dir)
     if not last.exists():
         return None
-    state = checkpoint.load(last)
-    if resume and state.get("run_key") == key:
-        return state
+    state = None
+    if resume:
+        try:
+            state = checkpoint.load(last)
+        except ValueError as exc:
+            raise BadInputError(f"{exc}; `hmsa train --no-resume` sets it aside and starts over") from exc
+        if not isinstance(state, dict):
+            raise BadInputError(f"{last}: not a training checkpoint; `hmsa train --no-resume` sets it aside")
+        if state.get("run_key") == key:
+            missing = [k for k in ("model", "optimizer", "iteration") if k not in state]
+            if missing:
+                raise BadInputError(f"{last}: training checkpoint without {', '.join(missing)}; "
+                                 "`hmsa train --no-resume` sets it aside and starts over")
+            return state
     stale = run_dir / f"checkpoints.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    while stale.exists():  # two set-asides within a second must not nest one into the other
+        stale = stale.with_name(stale.name + "+")
     log.warning("setting aside %s (%s)", last.parent, "--no-resume" if not resume else "config changed")
     shutil.move(str(last.parent), stale)
     return None
@@ -112,3 +134,20 @@ def load_for_resume(run_dir: Path, key: str, resume: bool, dist: distributed.Dis
         last = checkpoint.last_path(run_dir)
         saved = checkpoint.load(last) if last.exists() else None
     return saved
+
+
+def check_outputs(run_dir: Path, out_model: Path | None, out_metrics: Path | None) -> None:
+    """Before hours of training: every output can be written (not a directory, not a read-only disk),
+    and the temp files of a killed earlier run are gone."""
+    from hmsa.io import check_output, check_writable_dir, clean_tmp
+    from hmsa.training import curves
+
+    check_writable_dir(run_dir)
+    for path, what in ((out_model, "--out-model"), (out_metrics, "--out-metrics")):
+        if path is not None:
+            check_output(Path(path), what)
+            clean_tmp(Path(path).parent)
+    if out_metrics is not None:
+        check_output(Path(out_metrics).parent / curves.FILE, "the curves file")
+    for d in (run_dir, checkpoint.last_path(run_dir).parent):
+        clean_tmp(d)
