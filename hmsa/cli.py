@@ -212,10 +212,10 @@ def _cmd_plots(a: argparse.Namespace) -> int:
 
 
 def _cmd_track(a: argparse.Namespace) -> int:
-    from hmsa import tracking
+    from hmsa import tracking, tracking_parent
 
     if a.invocation:  # checked even with tracking off: a bad id is a bad command line either way
-        tracking.check_invocation(a.invocation, "--invocation")
+        tracking_parent.check_invocation(a.invocation, "--invocation")
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return 0
     left: list[str] = []
@@ -229,7 +229,7 @@ def _cmd_track(a: argparse.Namespace) -> int:
         if not a.experiment:
             raise BadInputError("track: --invocation needs --experiment")
         exp_id = tracking.ensure_experiment(a.experiment)
-        run_id = tracking.get_or_create_parent(a.invocation, exp_id, {})
+        run_id = tracking_parent.get_or_create_parent(a.invocation, exp_id, {})
         tracking.finish_run(run_id, a.status)
     return 1 if left else 0
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmsa import jobs, tracking
+from hmsa import jobs, tracking, tracking_parent
 from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
 from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, file_lock
@@ -170,7 +170,7 @@ def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str])
     from hmsa.tracking_buffer import is_transient
 
     if os.environ.get(tracking.ENV_INVOCATION):  # bad input, not an outage: refused before anything runs
-        tracking.check_invocation(os.environ[tracking.ENV_INVOCATION])
+        tracking_parent.check_invocation(os.environ[tracking.ENV_INVOCATION])
 
     rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
         if table_tags.get("hmsa.paper_rows") else ""
@@ -214,7 +214,7 @@ def _create_or_continue(stage: str, run_dir: Path, table_tags: dict[str, str], n
         if run_id.startswith(tracking.PENDING) or tracking.mlflow_client().get_run(run_id).info.status != "FINISHED":
             return run_id, exp_id  # a finished run is not reopened
     invocation = os.environ.get(tracking.ENV_INVOCATION, "")
-    parent = tracking.get_or_create_parent(invocation, exp_id, {}) if invocation else None
+    parent = tracking_parent.get_or_create_parent(invocation, exp_id, {}) if invocation else None
     run_id = tracking.create_stage_run(stage, exp_id, parent, dict(table_tags), note=note)
     atomic_write_json(run_dir / "mlflow_run.json", {"run_id": run_id, "experiment_id": exp_id})
     return run_id, exp_id

@@ -305,15 +305,15 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
 
 def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | None = None) -> None:
     """The report goes to the parent run of this pipeline invocation (Snakemake sets the id), and the
-    tables' headline numbers become its metrics (``hmsa.tracking.log_parent_metrics``)."""
-    from hmsa import tracking
+    tables' headline numbers become its metrics (``hmsa.tracking_parent.log_parent_metrics``)."""
+    from hmsa import tracking, tracking_parent
 
     invocation = os.environ.get(tracking.ENV_INVOCATION, "")
     if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
         return
     try:
         exp = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
-        parent = tracking.get_or_create_parent(invocation, exp, {})
+        parent = tracking_parent.get_or_create_parent(invocation, exp, {})
     except Exception as exc:  # noqa: BLE001 - the report files are the product; MLflow is a copy
         log.warning("report not logged to MLflow (server unreachable?): %s", exc)
         return
@@ -324,7 +324,7 @@ def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | Non
     tracker.close()
     if metrics:
         try:
-            tracking.log_parent_metrics(metrics, run_id=parent)
+            tracking_parent.log_parent_metrics(metrics, run_id=parent)
         except Exception as exc:  # noqa: BLE001 - as above: MLflow holds a copy
             log.warning("table metrics not logged to the parent run: %s", exc)
 

@@ -1,4 +1,5 @@
-"""MLflow tracking: one parent run per pipeline invocation, one child run per stage, rank 0 only.
+"""MLflow tracking: one child run per stage (its parent, one per pipeline invocation, is
+``hmsa.tracking_parent``), rank 0 only.
 
 Runs are created on the *submitting* side (``hmsa submit``) and their ids handed to the job, so a
 requeued or resumed job continues in the same run and concurrent jobs never race on
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,8 @@ from hmsa.errors import BadInputError
 from hmsa.io import file_lock
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
-__all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "get_or_create_parent",
-           "git_commit", "log_parent_metrics", "log_parent_params", "mlflow_client", "stage_provenance", "sync"]
+__all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "git_commit", "mlflow_client",
+           "stage_provenance", "sync"]
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -73,110 +73,6 @@ def ensure_experiment(name: str) -> str:
         return exp.experiment_id
 
 
-# An invocation id names a file under .hmsa/invocations and is quoted into an MLflow filter string:
-# letters, digits, '-', '_' and '.', not starting with '.' (no '..', no '/', no quote).
-_INVOCATION_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-
-
-def check_invocation(invocation: str, where: str = ENV_INVOCATION) -> str:
-    """``invocation`` if it is a safe id, else a one-line error naming ``where`` it came from."""
-    if not _INVOCATION_ID.fullmatch(invocation):
-        raise BadInputError(f"{where} {invocation!r}: an invocation id is 1-128 letters, digits, '-', '_' "
-                            "or '.' (not starting with '.')")
-    return invocation
-
-
-def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
-    """The parent run of one pipeline invocation; created by whichever stage submits first."""
-    check_invocation(invocation)
-    pipeline = _pipeline_config()
-    with file_lock("parent"):
-        client = mlflow_client()
-        found = client.search_runs([experiment_id], f"tags.`hmsa.invocation` = '{invocation}'",
-                                   max_results=1)
-        if found:
-            return found[0].info.run_id
-        label = pipeline.get("name") or "pipeline"
-        note = (f"One invocation of the `{label}` pipeline (Snakemake): each stage is a nested run, each "
-                "evaluation setting a run nested under its stage. Params: the pipeline config.")
-        run = client.create_run(experiment_id, run_name=f"{label} · {time.strftime('%Y-%m-%d %H:%M')}",
-                                tags={"hmsa.invocation": invocation, "hmsa.kind": "pipeline", NOTE: note,
-                                      **git_tags(), **tags})
-        # Lets the Snakefile's onsuccess/onerror know there is a parent run to close, without
-        # importing MLflow when nothing ran.
-        marker = Path(".hmsa/invocations") / invocation
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run.info.run_id)
-    if pipeline:
-        log_parent_params(pipeline, run.info.run_id)
-    return run.info.run_id
-
-
-def _pipeline_config() -> dict[str, Any]:
-    """The pipeline config in ``HMSA_PIPELINE_CONFIG``: inline JSON (what the Snakefile sets) or the
-    path of a YAML/JSON file; {} when unset or unreadable."""
-    value = os.environ.get(ENV_PIPELINE_CONFIG, "").strip()
-    if not value:
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(value if value.startswith("{") else Path(value).read_text())  # JSON is YAML
-    except (OSError, yaml.YAMLError) as exc:
-        log.warning("%s: not readable, the parent run gets no params: %s", ENV_PIPELINE_CONFIG, exc)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _flat_params(config: dict[str, Any]) -> dict[str, str]:
-    """Nested dict -> MLflow params within its limits (keys 250 characters, values 6000)."""
-    from hmsa.config import flatten
-
-    return {k[:250]: (v if isinstance(v, str) else json.dumps(v))[:6000] for k, v in flatten(config).items()}
-
-
-def _current_parent() -> str | None:
-    """This invocation's parent run (``HMSA_INVOCATION_ID``), or None outside a pipeline."""
-    invocation = os.environ.get(ENV_INVOCATION, "")
-    if invocation:
-        check_invocation(invocation)
-    marker = Path(".hmsa/invocations") / invocation
-    if invocation and marker.is_file():
-        return marker.read_text().strip() or None
-    if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
-        return None
-    return get_or_create_parent(invocation, ensure_experiment(experiment_name()), {})
-
-
-def log_parent_params(config: dict[str, Any], run_id: str | None = None) -> bool:
-    """Log a (nested) config as the flattened params of the invocation's parent run (or ``run_id``).
-    Through the write-ahead log: never raises for an outage. True if something was logged."""
-    return _to_parent(run_id, lambda t: t.log_params(_flat_params(config)))
-
-
-def log_parent_metrics(metrics: dict[str, float], run_id: str | None = None) -> bool:
-    """Log summary metrics (e.g. each table's headline numbers) to the current pipeline invocation's
-    parent run (or ``run_id``). Through the write-ahead log: never raises for an outage. True if
-    there was a parent run to log to."""
-    return _to_parent(run_id, lambda t: t.log_metrics(metrics))
-
-
-def _to_parent(run_id: str | None, log_to: Any) -> bool:
-    if os.environ.get("HMSA_TRACKING", "1") == "0" or not is_rank_zero():
-        return False
-    try:
-        run_id = run_id or _current_parent()
-    except Exception as exc:  # noqa: BLE001 - creating the parent needs the server; a report does not
-        log.warning("MLflow unreachable, nothing logged to the pipeline's parent run: %s", wal._short(exc))
-        return False
-    if not run_id:
-        return False
-    tracker = StageTracker(run_id, buffer=default_buffer(), reopen=False)
-    log_to(tracker)
-    tracker.flush()
-    return True
-
-
 def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags: dict[str, str],
                      note: str = "") -> str:
     """A stage's run, tagged with the code it runs (the git tags are set here and nowhere else)."""
@@ -207,6 +103,8 @@ def defer_stage_run(stage: str, run_dir: Path, tags: dict[str, str], note: str =
 
 def create_deferred_stage_run(client: Any, op: dict[str, Any]) -> str:
     """Send a ``create_stage`` op (``defer_stage_run``): the run, under its invocation's parent."""
+    from hmsa.tracking_parent import get_or_create_parent  # it imports this module
+
     exp_id = ensure_experiment(op["experiment"])
     invocation = op.get("invocation") or ""
     parent = get_or_create_parent(invocation, exp_id, {}) if invocation else None

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hmsa.io import flock
+from hmsa.io import atomic_write_text, flock
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -48,10 +48,7 @@ def resolved_run_id(path: Path) -> str:
 
 
 def _write_run_id(path: Path, run_id: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".run.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(run_id)
-    os.replace(tmp, path.with_suffix(".run"))
+    atomic_write_text(path.with_suffix(".run"), run_id)  # readable by the group, like every output
 
 
 def _locked(path: Path) -> contextlib.AbstractContextManager[None]:
@@ -82,11 +79,7 @@ def _read_offset(path: Path) -> int:
 
 
 def _write_offset(path: Path, offset: int) -> None:
-    sent = path.with_suffix(".sent")
-    fd, tmp = tempfile.mkstemp(prefix=".sent.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(str(offset))
-    os.replace(tmp, sent)
+    atomic_write_text(path.with_suffix(".sent"), str(offset))
 
 
 def pending(path: Path) -> int:

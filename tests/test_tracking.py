@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow_server import Server, tags
 
-from hmsa import config, tracking
+from hmsa import config, tracking, tracking_parent
 from hmsa import tracking_buffer as wal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +54,8 @@ def test_parent_children_tags_and_table_via_rest(tracked: Server, tmp_path: Path
     monkeypatch.setattr(hmsa.versioning, "data_version", lambda p: f"md5-of-{Path(p).name}")
     monkeypatch.setattr(hmsa.versioning, "dataset_version", lambda p: f"dvc-of-{Path(p).name}")
     exp = tracking.ensure_experiment(f"exp-{tmp_path.name}")
-    parent = tracking.get_or_create_parent("inv-1", exp, {})
-    assert tracking.get_or_create_parent("inv-1", exp, {}) == parent  # a second stage finds it
+    parent = tracking_parent.get_or_create_parent("inv-1", exp, {})
+    assert tracking_parent.get_or_create_parent("inv-1", exp, {}) == parent  # a second stage finds it
     cfg = config.load(TINY, [f"data.root={tmp_path / 'data'}"])
     train = tracking.create_stage_run("teacher", exp, parent, {"hmsa.git_commit": tracking.git_commit()})
     evaluation = tracking.create_stage_run("evaluate_student", exp, parent, {"hmsa.paper_rows": "table3:0"})
@@ -354,7 +354,7 @@ def test_parent_run_carries_the_pipeline_config_and_summary_metrics(tmp_path: Pa
     monkeypatch.setenv(tracking.ENV_PIPELINE_CONFIG, json.dumps(pipeline))
     monkeypatch.setenv(tracking.ENV_INVOCATION, "inv-p")
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "pipe")
-    assert tracking.log_parent_metrics({"table1/gain": 1.25, "table2/miou": 55.5})
+    assert tracking_parent.log_parent_metrics({"table1/gain": 1.25, "table2/miou": 55.5})
     client = MlflowClient()
     (parent,) = client.search_runs([client.get_experiment_by_name("pipe").experiment_id],
                                    "tags.`hmsa.kind` = 'pipeline'")
@@ -363,4 +363,31 @@ def test_parent_run_carries_the_pipeline_config_and_summary_metrics(tmp_path: Pa
     assert json.loads(parent.data.params["evaluate.e1.settings"]) == ["hierarchical:0.5,1"]
     assert parent.info.run_name.startswith("embedded · ")
     monkeypatch.setenv("HMSA_TRACKING", "0")
-    assert not tracking.log_parent_metrics({"x": 1.0})
+    assert not tracking_parent.log_parent_metrics({"x": 1.0})
+
+
+def test_a_killed_invocation_s_runs_are_closed_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Snakemake killed (no onerror): its parent and unfinished stage runs stay RUNNING until the next
+    invocation on this host finds its process gone and marks them KILLED; a live one is left alone."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    exp = tracking.ensure_experiment("stale")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.setenv(tracking_parent.ENV_SNAKEMAKE_PID, dead)
+    killed = tracking_parent.get_or_create_parent("inv-killed", exp, {})
+    stage = tracking.create_stage_run("teacher", exp, killed, {})
+    done = tracking.create_stage_run("prepare", exp, killed, {})
+    tracking.finish_run(done, "FINISHED")
+    monkeypatch.setenv(tracking_parent.ENV_SNAKEMAKE_PID, str(os.getpid()))  # alive: this test
+    alive = tracking_parent.get_or_create_parent("inv-alive", exp, {})
+    client = MlflowClient()
+    status = {r: client.get_run(r).info.status for r in (killed, stage, done, alive)}
+    assert status == {killed: "KILLED", stage: "KILLED", done: "FINISHED", alive: "RUNNING"}
+    assert client.get_run(stage).data.tags["hmsa.closed_because"] == "its pipeline invocation was killed"
+    tracking_parent.get_or_create_parent("inv-third", exp, {})
+    assert client.get_run(alive).info.status == "RUNNING"  # its Snakemake still runs

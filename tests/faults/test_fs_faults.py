@@ -161,8 +161,14 @@ def test_outputs_follow_the_umask(data: Path, tmp_path: Path) -> None:
         out = run(Case("train", [*_train("train.iterations=1"), "--out-model", "{tmp}/run.pt"], names=""),
                   tmp_path, data)
         assert out.code == 0, out.stderr
+        from hmsa import tracking_buffer as wal  # the MLflow write-ahead log's bookkeeping too
+
+        wal._write_run_id(tmp_path / "wal/r.jsonl", "r")
+        wal._write_offset(tmp_path / "wal/r.jsonl", 0)
     finally:
         os.umask(old)
+    for f in (tmp_path / "wal/r.run", tmp_path / "wal/r.sent"):
+        assert f.stat().st_mode & 0o777 == 0o664, f
     for f in (tmp_path / "run.pt", tmp_path / "run/checkpoints/last.pt", tmp_path / "run/config.yaml"):
         assert f.stat().st_mode & 0o777 == 0o664, f
 

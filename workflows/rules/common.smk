@@ -26,6 +26,8 @@ if _uri.startswith("sqlite:///") and not _uri.startswith("sqlite:////"):
 os.environ.setdefault("MLFLOW_TRACKING_URI", _uri)
 # The resolved pipeline config (--config overrides included), inline: the parent run's params.
 os.environ["HMSA_PIPELINE_CONFIG"] = json.dumps(config, sort_keys=True, default=str)
+# Who runs this invocation: a later one closes its MLflow runs if this process was killed.
+os.environ.setdefault("HMSA_SNAKEMAKE_PID", str(os.getpid()))
 
 
 # Every stage of this pipeline config: a cluster file's `stages:` may name only these (a misspelt stage
