@@ -16,6 +16,7 @@ from typing import Any
 
 from hmsa import tracking_buffer as wal
 from hmsa.io import file_lock
+from hmsa.tracking_location import unpin_artifact_location
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "get_or_create_parent",
@@ -59,15 +60,20 @@ def experiment_name() -> str:
 
 def ensure_experiment(name: str) -> str:
     """Create the experiment once (under a lock), marked as model development; return its id."""
+    import mlflow
+
     with file_lock("experiment"):
         client = _client()
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            return client.create_experiment(name, tags=EXPERIMENT_KIND)
-        for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
-            if exp.tags.get(key) != value:
-                client.set_experiment_tag(exp.experiment_id, key, value)
-        return exp.experiment_id
+            exp_id = client.create_experiment(name, tags=EXPERIMENT_KIND)
+        else:
+            exp_id = exp.experiment_id
+            for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
+                if exp.tags.get(key) != value:
+                    client.set_experiment_tag(exp_id, key, value)
+        unpin_artifact_location(mlflow.get_tracking_uri(), exp_id)  # before any run: runs inherit it
+        return exp_id
 
 
 def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
