@@ -16,7 +16,7 @@ from typing import Any
 
 from hmsa import tracking_buffer as wal
 from hmsa.io import file_lock
-from hmsa.tracking_location import unpin_artifact_location
+from hmsa.tracking_location import unpin_artifact_locations
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "get_or_create_parent",
@@ -72,7 +72,7 @@ def ensure_experiment(name: str) -> str:
             for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
                 if exp.tags.get(key) != value:
                     client.set_experiment_tag(exp_id, key, value)
-        unpin_artifact_location(mlflow.get_tracking_uri(), exp_id)  # before any run: runs inherit it
+        unpin_artifact_locations(mlflow.get_tracking_uri())  # before any run: runs inherit it
         return exp_id
 
 

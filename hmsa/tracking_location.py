@@ -4,7 +4,7 @@ MLflow stores a local store's artifact location as an absolute path: it resolves
 the working directory when it creates an experiment, and each run's artifact URI is built from it. A
 checkout copied from scratch to project storage would go on reading (and writing) the old place.
 When the SQLite database lives in the working directory — the pipeline's ``sqlite:///mlflow.db``,
-relative to the Snakemake working directory where every stage runs — the experiment's location is
+relative to the Snakemake working directory where every stage runs — each experiment's location is
 stored relative to it instead (``mlruns/<id>``), and so are the artifact URIs of its runs. MLflow
 resolves a relative local location against the reader's working directory, so ``mlflow ui`` is
 started in the project directory (README). A server store (``http://…``) is left as it is.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 log = logging.getLogger("hmsa.tracking")
@@ -37,27 +38,28 @@ def _relative(location: str, root: Path) -> str | None:
     return None
 
 
-def unpin_artifact_location(tracking_uri: str, experiment_id: str) -> bool:
-    """Store the experiment's artifact location, and its runs' artifact URIs, relative to the working
-    directory when its database is there; whether anything changed. Idempotent."""
+def unpin_artifact_locations(tracking_uri: str) -> int:
+    """Store every experiment's artifact location under ``./mlruns``, and its runs' artifact URIs,
+    relative to the working directory when the database is there; how many experiments changed.
+    Idempotent (a relative location is left as it is)."""
     db = local_db(tracking_uri)
     cwd = Path.cwd().resolve()
     if db is None or db.parent != cwd or not db.is_file():
-        return False
+        return 0
     root = cwd / ARTIFACT_DIR
-    with sqlite3.connect(db, timeout=60) as con:  # MLflow has no API to change an artifact location
-        row = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?",
-                          (int(experiment_id),)).fetchone()
-        location = _relative(row[0], root) if row and row[0] else None
-        if location is None:
-            return False
-        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                    (location, int(experiment_id)))
-        runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?",
-                           (int(experiment_id),)).fetchall()
-        for run_id, uri in runs:
-            relative = _relative(uri or "", root)
-            if relative is not None:
-                con.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (relative, run_id))
-    log.info("MLflow experiment %s: artifacts at %s, relative to %s", experiment_id, location, cwd)
-    return True
+    changed = 0
+    con = sqlite3.connect(db, timeout=60)  # MLflow has no API to change an artifact location
+    with closing(con), con:  # one transaction, then closed
+        for exp_id, location in con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            relative = _relative(location or "", root)
+            if relative is None:
+                continue
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (relative, exp_id))
+            runs = con.execute("SELECT run_uuid, artifact_uri FROM runs WHERE experiment_id = ?", (exp_id,))
+            for run_id, uri in runs.fetchall():
+                if (run_relative := _relative(uri or "", root)) is not None:
+                    con.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?", (run_relative, run_id))
+            changed += 1
+    if changed:
+        log.info("MLflow: artifact locations of %d experiment(s) made relative to %s", changed, cwd)
+    return changed

@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 TARGET = "results/evaluate_table1_single/metrics.json"  # synth -> prepare -> train -> evaluate
 
-pytestmark = pytest.mark.slow
-
 
 def _checkout(dst: Path) -> None:
     """The project's files as a clone has them (tracked + new, not ignored), modification times kept."""
@@ -57,6 +55,7 @@ def _snakemake(project: Path, pipeline: str, *extra: str) -> subprocess.Complete
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=1800)
 
 
+@pytest.mark.slow
 def test_a_moved_checkout_has_nothing_to_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first, moved = tmp_path / "scratch" / "hmsa", tmp_path / "project" / "hmsa"
     _checkout(first)
@@ -77,6 +76,31 @@ def test_a_moved_checkout_has_nothing_to_rerun(tmp_path: Path, monkeypatch: pyte
     client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
     exp = client.get_experiment_by_name("hmsa-move")
     assert exp is not None and exp.artifact_location == f"mlruns/{exp.experiment_id}"
+    assert all(e.artifact_location == f"mlruns/{e.experiment_id}" for e in client.search_experiments())
     runs = client.search_runs([exp.experiment_id])
     assert runs and all(r.info.artifact_uri.startswith(f"mlruns/{exp.experiment_id}/") for r in runs)
     assert any(client.list_artifacts(r.info.run_id) for r in runs)  # the moved store reads its artifacts
+
+
+def test_artifact_locations_are_relative_to_a_store_in_the_working_directory(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from hmsa import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # absolute, as jobs get it
+    exp = tracking.ensure_experiment("here")
+    client = MlflowClient()
+    assert client.get_experiment(exp).artifact_location == f"mlruns/{exp}"
+    run = client.create_run(exp)
+    assert run.info.artifact_uri == f"mlruns/{exp}/{run.info.run_id}/artifacts"
+    (tmp_path / "a.txt").write_text("a")
+    client.log_artifact(run.info.run_id, str(tmp_path / "a.txt"))
+    assert (tmp_path / run.info.artifact_uri / "a.txt").is_file()
+    # A store elsewhere (the tests' own, a server) keeps MLflow's absolute locations.
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    other = tracking.ensure_experiment("there")
+    assert Path(client.get_experiment(other).artifact_location.removeprefix("file://")).is_absolute()

@@ -112,11 +112,26 @@ EOF
     chmod 600 "$DIR/etc/slurmdbd.conf"
 }
 
+install_network_tools() {
+    if command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null; then
+        return 0
+    fi
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        say "ip/nsenter/unshare are missing and cannot be installed here (needs root and apt-get)"
+        exit 3
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iproute2 util-linux >/dev/null
+}
+
 # The bridge (controller side) and one namespace + veth pair per node. Each piece is created only if
 # missing and recorded in $DIR/started, so `down` removes exactly these.
 make_network() {
     if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
-        ip link add "$BRIDGE" type bridge
+        if ! ip link add "$BRIDGE" type bridge 2>/dev/null; then
+            say "cannot create network devices here (needs CAP_NET_ADMIN): no multi-node cluster"
+            exit 3
+        fi
         started "link:$BRIDGE"
         ip addr add "$CTLD_ADDR/24" dev "$BRIDGE"
     fi
@@ -182,6 +197,7 @@ start_mn_slurm() {
 
 mn_up() {
     install_packages
+    install_network_tools
     mkdir -p "$DIR"
     write_mn_configs
     make_network
