@@ -67,7 +67,7 @@ def test_ddp_stage_across_two_nodes(multinode_cluster: dict, uid: str, embedded_
     ranks = [RANK_LINE.search(text) for text in logs]
     assert all(ranks), logs
     rendezvous = {(m.group(5), m.group(6)) for m in ranks if m}
-    assert rendezvous == {(hosts[0], rendezvous.copy().pop()[1])}  # one address, the first host; one port
+    assert len(rendezvous) == 1 and next(iter(rendezvous))[0] == hosts[0]  # one port; the first host
     for t, m in enumerate(ranks):
         assert m is not None
         # submitit's SLURM environment: SLURM_PROCID, SLURM_NTASKS, block placement, SLURM_LOCALID
