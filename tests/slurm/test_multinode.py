@@ -124,7 +124,9 @@ def test_two_node_timeout_requeues_and_resumes_in_the_same_mlflow_run(multinode_
 def test_a_node_going_down_mid_job_requeues_it(multinode_cluster: dict, uid: str, embedded_data: Path,
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HMSA_TRACKING", "0")
-    stage, run, total = f"mn_nodedown_{uid}", tmp_path / "run", 40
+    # Long enough to outlast KillWait: submitit ignores the SIGTERM that SLURM sends when the node goes
+    # down, so both ranks train on until the SIGKILL 10 s later (tests/slurm/multinode.sh).
+    stage, run, total = f"mn_nodedown_{uid}", tmp_path / "run", 100
     proc = _start_submit(stage, run, _two_node_cluster(tmp_path, stage), _train_argv(run, embedded_data, total),
                          tmp_path)
     job_id = _running_job(run)
