@@ -257,13 +257,17 @@ def _wait(job: Any, stage: str, executor: str, folder: Path) -> Any:
 
     When a node fails under a SLURM job, SLURM requeues it, but for a while sacct (which submitit
     reads) shows the attempt that ended, NODE_FAIL, and submitit takes it for the job's end: the job
-    would be reported failed while it runs again. A job squeue still holds is waited for again."""
+    would be reported failed while it runs again. A job that ended without a result (not one whose
+    stage raised) and that squeue still holds is waited for again."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
     while True:
         try:
             job.results()  # one result per task (rank)
             return job
-        except Exception:
-            if executor != "slurm" or jobs.slurm_state(str(job.job_id), f"hmsa-{stage}") not in jobs.LIVE_STATES:
+        except UncompletedJobError as exc:
+            if executor != "slurm" or isinstance(exc, FailedJobError) or \
+                    _state_after_completing(str(job.job_id), f"hmsa-{stage}") not in jobs.LIVE_STATES:
                 raise
         print(f"hmsa submit: stage {stage}: job {job.job_id} was requeued by SLURM; waiting for it again",
               file=sys.stderr, flush=True)
@@ -272,6 +276,16 @@ def _wait(job: Any, stage: str, executor: str, folder: Path) -> Any:
         time.sleep(5)
         job.watcher.clear()  # submitit keeps the ended attempt's state as final
         job = submitit.SlurmJob(folder=str(folder), job_id=str(job.job_id), tasks=tuple(range(job.num_tasks)))
+
+
+def _state_after_completing(job_id: str, name: str) -> str | None:
+    """The job's squeue state once it has left COMPLETING, which an ended job (cancelled, failed) and a
+    job being requeued both pass through: PENDING or RUNNING afterwards means requeued."""
+    state = jobs.slurm_state(job_id, name)
+    while state == "COMPLETING":
+        time.sleep(2)
+        state = jobs.slurm_state(job_id, name)
+    return state
 
 
 def _echo(job: Any) -> None:
