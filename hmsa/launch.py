@@ -64,7 +64,9 @@ class StageJob:
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
-            # RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT for torch.distributed.
+            # RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT for torch.distributed, the same on every
+            # node: the address is the first host of SLURM_JOB_NODELIST, the port is drawn from the job id
+            # (so a requeued job meets again on it), ranks are SLURM_PROCID / SLURM_LOCALID.
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         # Named as what it is: a SLURM job id only under SLURM; the local executor's id is a process id.
         os.environ.pop(tracking.ENV_SLURM_JOB, None)
@@ -272,7 +274,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
         job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))
     ok = True
     try:
-        job.results()  # one result per task (rank)
+        job = _wait(job, stage, cluster.executor, run_dir / "submitit" / "%j")
     except Exception as exc:  # submitit wraps the job's exception; report it in one place
         ok = False
         print(f"hmsa submit: stage {stage} failed in job {job.job_id}: {str(exc).strip()[-2000:]}",
@@ -283,6 +285,42 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     if env.get(tracking.ENV_RUN_ID):
         tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED" if ok else "FAILED", run_dir=run_dir)
     return 0 if ok else 1
+
+
+def _wait(job: Any, stage: str, executor: str, folder: Path) -> Any:
+    """Wait for every task's result (``job.results()``); the job handle waited on last.
+
+    When a node fails under a SLURM job, SLURM requeues it, but for a while sacct (which submitit
+    reads) shows the attempt that ended, NODE_FAIL, and submitit takes it for the job's end: the job
+    would be reported failed while it runs again. A job that ended without a result (not one whose
+    stage raised) and that squeue still holds is waited for again."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    while True:
+        try:
+            job.results()  # one result per task (rank)
+            return job
+        except UncompletedJobError as exc:
+            if executor != "slurm" or isinstance(exc, FailedJobError) or \
+                    _state_after_completing(str(job.job_id), f"hmsa-{stage}") not in jobs.LIVE_STATES:
+                raise
+        print(f"hmsa submit: stage {stage}: job {job.job_id} was requeued by SLURM; waiting for it again",
+              file=sys.stderr, flush=True)
+        import submitit
+
+        time.sleep(5)
+        job.watcher.clear()  # submitit keeps the ended attempt's state as final
+        job = submitit.SlurmJob(folder=str(folder), job_id=str(job.job_id), tasks=tuple(range(job.num_tasks)))
+
+
+def _state_after_completing(job_id: str, name: str) -> str | None:
+    """The job's squeue state once it has left COMPLETING, which an ended job (cancelled, failed) and a
+    job being requeued both pass through: PENDING or RUNNING afterwards means requeued."""
+    state = jobs.slurm_state(job_id, name)
+    while state == "COMPLETING":
+        time.sleep(2)
+        state = jobs.slurm_state(job_id, name)
+    return state
 
 
 def _echo(job: Any) -> None:

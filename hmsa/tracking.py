@@ -18,6 +18,7 @@ from typing import Any
 from hmsa import tracking_buffer as wal
 from hmsa.errors import BadInputError
 from hmsa.io import file_lock
+from hmsa.tracking_location import unpin_artifact_locations
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "git_commit", "mlflow_client",
@@ -62,15 +63,20 @@ def experiment_name() -> str:
 
 def ensure_experiment(name: str) -> str:
     """Create the experiment once (under a lock), marked as model development; return its id."""
+    import mlflow
+
     with file_lock("experiment"):
         client = mlflow_client()
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            return client.create_experiment(name, tags=EXPERIMENT_KIND)
-        for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
-            if exp.tags.get(key) != value:
-                client.set_experiment_tag(exp.experiment_id, key, value)
-        return exp.experiment_id
+            exp_id = client.create_experiment(name, tags=EXPERIMENT_KIND)
+        else:
+            exp_id = exp.experiment_id
+            for key, value in EXPERIMENT_KIND.items():  # an experiment made by an older version
+                if exp.tags.get(key) != value:
+                    client.set_experiment_tag(exp_id, key, value)
+        unpin_artifact_locations(mlflow.get_tracking_uri())  # before any run: runs inherit it
+        return exp_id
 
 
 def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags: dict[str, str],

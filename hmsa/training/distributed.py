@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +41,24 @@ def init_from_env() -> DistInfo:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Every rank says where it runs and whom it met: across nodes, a wrong address or port shows
+        # up here (and in the job's per-task logs) instead of as a silent hang.
+        log.info("rank %d of %d on %s (local rank %d), rendezvous %s:%s, %s", rank, world, socket.gethostname(),
+                 local, os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?"), backend)
+        dist.init_process_group(backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local, device)
+
+
+def parameters_digest(model: torch.nn.Module) -> str:
+    """A short sha256 of the model's parameters, to compare ranks: under DDP they must be bitwise equal
+    after every step. Buffers are left out: without SyncBN each rank's BatchNorm running statistics
+    come from its own batches."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def set_threads() -> int:

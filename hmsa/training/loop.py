@@ -158,6 +158,7 @@ class _Run:
         if self.dist.is_main:
             checkpoint.save(state.training_state(self.model, self.opt, self.precision, iteration, self.key,
                                                  self.tracker.run_id or ""), checkpoint.last_path(self.run_dir))
+            log.info("rank %d saved the checkpoint of iteration %d", self.dist.rank, iteration)
 
 
 def _read_init(cfg: cfgmod.Config) -> dict[str, torch.Tensor] | None:
@@ -255,6 +256,9 @@ def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_mo
     result = {"iterations": cfg.train.iterations, "resumed_from": start, "train_seconds": round(seconds, 2),
               "mlflow_run_id": tracker.run_id or "", "config_hash": cfgmod.config_hash(cfg),
               "amp": prec.active, "sync_bn": sync_bn}
+    if dist.world_size > 1:
+        log.info("rank %d of %d: parameters sha256 %s", dist.rank, dist.world_size,
+                 distributed.parameters_digest(model))
     if dist.is_main:
         if out_model is not None:
             meta = model_meta(cfg, num_classes, names, tracker.run_id or "", run_dir)

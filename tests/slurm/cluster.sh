@@ -18,6 +18,7 @@ CONF="$DIR/etc/slurm.conf"
 NODE="$(hostname -s)"
 CPUS="${HMSA_SLURM_CPUS:-8}"  # advertised CPUs (config_overrides): lets several tasks share 2 real cores
 MEM_MB="${HMSA_SLURM_MEM_MB:-16000}"
+DB_PORT="${HMSA_SLURM_DB_PORT:-3307}"  # the private MariaDB's port (multinode.sh runs its own on another)
 PACKAGES=(slurmctld slurmd slurm-client slurmdbd munge mariadb-server)
 export SLURM_CONF="$CONF"
 
@@ -109,7 +110,7 @@ PidFile=$DIR/run/slurmdbd.pid
 LogFile=$DIR/log/slurmdbd.log
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort=3307
+StoragePort=$DB_PORT
 StorageUser=slurm
 StoragePass=hmsa-test
 StorageLoc=slurm_acct_db
@@ -128,7 +129,7 @@ start_munge() {
     wait_for 20 munged sh -c 'munge -n </dev/null | unmunge'
 }
 
-# A private MariaDB instance (own datadir, port 3307, loopback) for slurmdbd's accounting.
+# A private MariaDB instance (own datadir, port $DB_PORT, loopback) for slurmdbd's accounting.
 start_mariadb() {
     local sock="$DIR/run/mysqld.sock"
     if alive "$DIR/run/mysqld.pid"; then return 0; fi
@@ -141,7 +142,7 @@ start_mariadb() {
     touch "$DIR/log/mariadb.log"
     chown mysql:mysql "$DIR/log/mariadb.log"
     chmod 1777 "$DIR/run"
-    mariadbd --user=mysql --datadir="$DIR/mysql" --socket="$sock" --port=3307 --bind-address=127.0.0.1 \
+    mariadbd --user=mysql --datadir="$DIR/mysql" --socket="$sock" --port="$DB_PORT" --bind-address=127.0.0.1 \
         --pid-file="$DIR/run/mysqld.pid" --log-error="$DIR/log/mariadb.log" --innodb-buffer-pool-size=64M \
         --skip-name-resolve &
     disown
@@ -215,6 +216,9 @@ down() {
     done
     rm -f "$DIR/started"
 }
+
+# Sourced by multinode.sh for its helpers (install, munge, MariaDB, pid files): no command then.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
 case "${1:-}" in
     up) up ;;

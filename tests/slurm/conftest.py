@@ -1,6 +1,10 @@
 """The `slurm` tests run against a real one-node SLURM cluster that this fixture brings up
 (``tests/slurm/cluster.sh``: Debian's slurmctld/slurmd/slurmdbd, munge, MariaDB, on 127.0.0.1).
 
+The ``multinode`` tests run against a cluster of two nodes in network namespaces
+(``tests/slurm/multinode.sh``); both clusters can be up at once, each test picks its own by
+``SLURM_CONF``.
+
 They skip, with the reason, only where SLURM cannot be installed (not root / no apt-get); with
 ``HMSA_REQUIRE_SLURM=1`` (CI) that is a failure instead."""
 
@@ -18,27 +22,50 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SCRIPT = HERE / "cluster.sh"
+MULTINODE = HERE / "multinode.sh"
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[dict[str, str]]:
-    env_line = subprocess.run([str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
-    conf = env_line.strip().split("=", 1)[1]
+    conf, already_up = _bring_up(SCRIPT)
     os.environ["SLURM_CONF"] = conf
-    already_up = subprocess.run(["scontrol", "ping"], capture_output=True, text=True).returncode == 0 \
-        if _which("scontrol") else False
-    up = subprocess.run([str(SCRIPT), "up"], capture_output=True, text=True, timeout=900)
+    yield {"SLURM_CONF": conf}
+    if not already_up:
+        subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def _multinode_session() -> Iterator[str]:
+    conf, already_up = _bring_up(MULTINODE)
+    yield conf
+    if not already_up:
+        subprocess.run([str(MULTINODE), "down"], env={**os.environ, "SLURM_CONF": conf}, capture_output=True,
+                       timeout=300)
+
+
+@pytest.fixture
+def multinode_cluster(_multinode_session: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The two-node cluster, for this test only: the one-node fixture sets SLURM_CONF session-wide."""
+    monkeypatch.setenv("SLURM_CONF", _multinode_session)
+    return {"SLURM_CONF": _multinode_session}
+
+
+def _bring_up(script: Path) -> tuple[str, bool]:
+    """Run ``script up``; its SLURM_CONF, and whether it was up before (then the session leaves it up)."""
+    env_line = subprocess.run([str(script), "env"], capture_output=True, text=True, check=True).stdout
+    conf = env_line.strip().split("=", 1)[1]
+    env = {**os.environ, "SLURM_CONF": conf}
+    already_up = subprocess.run([str(script), "status"], capture_output=True, text=True, env=env).returncode == 0
+    up = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=900, env=env)
     if up.returncode == 3:
         reason = up.stderr.strip().splitlines()[-1]
         if os.environ.get("HMSA_REQUIRE_SLURM") == "1":
             pytest.fail(f"HMSA_REQUIRE_SLURM=1 but {reason}")
         pytest.skip(reason)
     if up.returncode != 0:
-        pytest.fail(f"tests/slurm/cluster.sh up failed:\n{up.stdout}\n{up.stderr}")
-    yield {"SLURM_CONF": conf}
-    if not already_up:
-        subprocess.run([str(SCRIPT), "down"], capture_output=True, timeout=300)
+        pytest.fail(f"tests/slurm/{script.name} up failed:\n{up.stdout}\n{up.stderr}")
+    return conf, already_up
 
 
 @pytest.fixture
@@ -47,10 +74,6 @@ def uid() -> str:
     import uuid
 
     return uuid.uuid4().hex[:6]
-
-
-def _which(name: str) -> bool:
-    return any((Path(p) / name).exists() for p in os.environ.get("PATH", "").split(os.pathsep))
 
 
 def cluster_file(tmp: Path, **stage_overrides: dict) -> Path:

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from hmsa.cluster import ClusterConfigError, load_cluster
 
-ROOT = Path(workflow.basedir)
+# The project root relative to the working directory ("." when Snakemake runs in the checkout): rule
+# params and inputs built from it hold no absolute path, so a checkout copied or moved elsewhere has
+# nothing to re-run (Snakemake re-runs a rule whose params or set of inputs changed).
+ROOT = Path(os.path.relpath(workflow.basedir))
 RESULTS = config["results"]
 RUNS = config["runs"]
 REPORTS = config["reports"]
 LOGS = config.get("logs", "logs")  # each rule's log: <logs>/<stage>.log
-CLUSTER = str(ROOT / config["cluster"])
+CLUSTER = os.path.normpath(ROOT / config["cluster"])
 
 # Shell commands find the `hmsa` script of the interpreter running Snakemake (the project's venv).
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -75,7 +78,12 @@ def expect_args(wildcards, output):
 
 
 def experiment(path):
-    return str(ROOT / path)
+    return os.path.normpath(ROOT / path)
+
+
+def from_workdir(path):
+    """A path given on the command line (e.g. --configfile), relative to the working directory."""
+    return os.path.relpath(path)
 
 
 def dataset_root(dataset):

@@ -16,7 +16,7 @@ rule report:
         # every table and figure on one self-contained page (hmsa/report_html.py)
         html=f"{REPORTS}/index.html",
     params:
-        pipeline=workflow.configfiles[-1],
+        pipeline=from_workdir(workflow.configfiles[-1]),
         results=RESULTS,
         runs=RUNS,
         out=REPORTS,
@@ -34,7 +34,7 @@ rule per_class_plots:
     output:
         csv=per_class_plot_outputs(),
     params:
-        pipeline=workflow.configfiles[-1],
+        pipeline=from_workdir(workflow.configfiles[-1]),
         results=RESULTS,
         out=f"{RESULTS}/per_class",
         versioning=versioning_mode(),
