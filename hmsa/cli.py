@@ -163,7 +163,9 @@ def _cmd_submit(a: argparse.Namespace) -> int:
 
 def _cmd_score(a: argparse.Namespace) -> int:
     from hmsa.evaluation.score import score
+    from hmsa.io import check_output
 
+    check_output(Path(a.out), "--out")  # a directory there fails now, not after scoring every file
     result = score(a.dataset, a.gt, a.pred, a.out)
     print(f"{a.dataset}: mIoU {100 * result['miou']:.2f} over {result['images']} images -> {a.out}")
     return 0
