@@ -168,7 +168,7 @@ _RANGES: dict[str, Range] = {
     "eval.scales": _POSITIVE, "eval.max_images": _NON_NEGATIVE, "eval.save_maps": _NON_NEGATIVE,
     "autolabel.threshold": _FRACTION, "autolabel.scales": _POSITIVE,
 }
-# Lists of a fixed length, sorted low to high: [height, width] and [min, max].
+# Lists of two: [height, width], and [min, max] (sorted low to high).
 _PAIRS: dict[str, str] = {"data.crop": "[height, width]", "data.scale_range": "[min, max] with min <= max"}
 # Scale sets: the fusion chains from 1.0 (eq. 1, hmsa/models/multiscale.py), and a repeated scale
 # would run a single-scale model under a multi-scale name.
