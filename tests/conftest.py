@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from mlflow_server import Server
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +32,14 @@ def embedded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate(root, seed=0, cityscapes_counts={"train": 4, "val": 2, "train_extra": 3},
              mapillary_counts={"training": 4, "validation": 2}, size=(64, 128))
     return root
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real ``mlflow server`` on 127.0.0.1 with its own SQLite store, one per test module."""
+    from mlflow_server import Server
+
+    s = Server(tmp_path_factory.mktemp("mlflow-server"))
+    s.start(timeout=900)  # two busy cores: the first start migrates the SQLite schema slowly
+    yield s
+    s.stop()

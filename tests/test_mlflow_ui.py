@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("hierarchical:0.5,1", "avgpool:0.5,1")
 # Where the screenshot goes, to look at (HMSA_UI_SHOTS=DIR keeps it; else the test's tmp dir).
 SHOTS = os.environ.get("HMSA_UI_SHOTS", "")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("mlflow-ui"))
-    s.start(timeout=900)  # two busy cores: the first start migrates the SQLite schema slowly
-    yield s
-    s.stop()
 
 
 def _evaluate_stage(stage: str, model: Path, data: Path, tmp: Path) -> int:
@@ -133,10 +124,10 @@ async def _drive(port: int, url: str, shot: Path) -> list[list]:
 
 
 @pytest.mark.slow
-def test_compare_view_puts_miou_on_one_row(server: Server, embedded_data: Path, tmp_path: Path,
+def test_compare_view_puts_miou_on_one_row(mlflow_server: Server, embedded_data: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "ui-compare")
     monkeypatch.setenv(tracking.ENV_INVOCATION, "inv-ui")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -151,9 +142,9 @@ def test_compare_view_puts_miou_on_one_row(server: Server, embedded_data: Path, 
         (model.parent / "train.json").write_text(json.dumps({"mlflow_run_id": trained[stage]}))
         assert _evaluate_stage(stage, model, embedded_data, tmp_path) == 0
 
-    evaluations = server.search(exp, "tags.`hmsa.kind` = 'evaluation'")
+    evaluations = mlflow_server.search(exp, "tags.`hmsa.kind` = 'evaluation'")
     assert len(evaluations) == 2 * len(SETTINGS)  # one run per (model, setting)
-    positive = server.search(exp, "metrics.miou > 0")
+    positive = mlflow_server.search(exp, "metrics.miou > 0")
     assert {r["info"]["run_id"] for r in positive} == {r["info"]["run_id"] for r in evaluations}
     by_name = {r["info"]["run_name"]: r for r in evaluations}
     a, b = by_name["evaluate_a · hierarchical:0.5,1"], by_name["evaluate_b · hierarchical:0.5,1"]
@@ -166,7 +157,7 @@ def test_compare_view_puts_miou_on_one_row(server: Server, embedded_data: Path, 
     ids = [a["info"]["run_id"], b["info"]["run_id"]]
     query = urllib.parse.urlencode({"runs": json.dumps(ids), "experiments": json.dumps([exp])})
     shot = Path(SHOTS or tmp_path) / "mlflow-compare.png"
-    rows = metric_rows(f"{server.url}/#/compare-runs?{query}", shot)
+    rows = metric_rows(f"{mlflow_server.url}/#/compare-runs?{query}", shot)
     assert shot.stat().st_size > 0
 
     values = [{m["key"]: m["value"] for m in run["data"]["metrics"]} for run in (a, b)]

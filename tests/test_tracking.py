@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/experiments/tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("mlflow-server"))
-    s.start(timeout=900)  # two busy cores: the first start migrates the SQLite schema slowly
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def tracked(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Server:
+def tracked(mlflow_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Server:
     monkeypatch.chdir(tmp_path)  # .hmsa/invocations and .hmsa/tracking are relative to the workdir
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, f"exp-{tmp_path.name}")
     monkeypatch.setenv("HMSA_TRACKING_FINISH_WAIT_SECONDS", "0")
-    return server
+    return mlflow_server
 
 
 def _job_env(monkeypatch: pytest.MonkeyPatch, run_id: str, run_dir: Path, job: str) -> None:

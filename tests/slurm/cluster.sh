@@ -55,6 +55,46 @@ alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # started NAME: remember that this script started NAME, so `down` stops only what it started.
 started() { echo "$1" >>"$DIR/started"; }
 
+# The slurm.conf lines both test clusters share: process tracking without cgroups, scheduling and
+# memory accounting that let many small jobs run at once and start at once.
+scheduling_conf() {
+    cat <<'EOF'
+# No cgroups on this machine.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+# DefMemPerCPU: without it every job takes the node's whole memory and jobs run one at a time.
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+# Schedule at once instead of every few seconds.
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=1
+# Keep finished jobs visible to scontrol for an hour.
+MinJobAge=3600
+ReturnToService=2
+EOF
+}
+
+# slurmdbd.conf for the private MariaDB; DBD_PORT (optional) moves slurmdbd off its default port.
+write_slurmdbd_conf() {
+    {
+        printf '%s\n' AuthType=auth/munge DbdHost=localhost DbdAddr=127.0.0.1
+        [[ -z ${DBD_PORT:-} ]] || echo "DbdPort=$DBD_PORT"
+        cat <<EOF
+SlurmUser=root
+PidFile=$DIR/run/slurmdbd.pid
+LogFile=$DIR/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=$DB_PORT
+StorageUser=slurm
+StoragePass=hmsa-test
+StorageLoc=slurm_acct_db
+EOF
+    } >"$DIR/etc/slurmdbd.conf"
+    chmod 600 "$DIR/etc/slurmdbd.conf"
+}
+
 write_configs() {
     mkdir -p "$DIR"/{etc,state,spool,log,run,gpu,mysql}
     # Fake GPUs: gres.conf needs device files; symlinks to /dev/null are accepted (plain files are not).
@@ -77,19 +117,7 @@ SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
-# No cgroups on this machine.
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-SelectType=select/cons_tres
-# DefMemPerCPU: without it every job takes the node's whole memory and jobs run one at a time.
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-# Schedule at once instead of every few seconds.
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=1
-# Keep finished jobs visible to scontrol for an hour.
-MinJobAge=3600
-ReturnToService=2
+$(scheduling_conf)
 SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -101,21 +129,7 @@ EOF
 AutoDetect=off
 NodeName=$NODE Name=gpu File=$DIR/gpu/nvidia[0-3]
 EOF
-    cat >"$DIR/etc/slurmdbd.conf" <<EOF
-AuthType=auth/munge
-DbdHost=localhost
-DbdAddr=127.0.0.1
-SlurmUser=root
-PidFile=$DIR/run/slurmdbd.pid
-LogFile=$DIR/log/slurmdbd.log
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort=$DB_PORT
-StorageUser=slurm
-StoragePass=hmsa-test
-StorageLoc=slurm_acct_db
-EOF
-    chmod 600 "$DIR/etc/slurmdbd.conf"
+    write_slurmdbd_conf
 }
 
 start_munge() {
@@ -157,26 +171,38 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 EOF
 }
 
-start_slurm() {
+# slurmdbd (with CLUSTER registered in accounting) and slurmctld, each started unless running.
+start_controller() {
+    local cluster=$1
     if ! alive "$DIR/run/slurmdbd.pid"; then
         slurmdbd
         started slurmdbd
     fi
     wait_for 60 slurmdbd sacctmgr -n list cluster
-    sacctmgr -n list cluster format=cluster | grep -qw hmsa || sacctmgr -i add cluster hmsa >/dev/null
+    sacctmgr -n list cluster format=cluster | grep -qw "$cluster" || sacctmgr -i add cluster "$cluster" >/dev/null
     if ! alive "$DIR/run/slurmctld.pid"; then
         slurmctld
         started slurmctld
     fi
     wait_for 60 slurmctld scontrol ping
+}
+
+# Wait until node NAME has registered and is idle; a node left down (a test, a crash) comes back
+# when told to.
+node_ready() {
+    local name=$1
+    wait_for 60 "node $name to register" sh -c "sinfo -h -n $name -o %t | grep -qv -e unk -e '^$'"
+    scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true
+    wait_for 60 "node $name idle" sh -c "sinfo -h -n $name -o %t | grep -q -e idle -e mix -e alloc"
+}
+
+start_slurm() {
+    start_controller hmsa
     if ! alive "$DIR/run/slurmd.pid"; then
         slurmd
         started slurmd
     fi
-    # A node that was down (e.g. after a crash) comes back when told to.
-    wait_for 60 "node $NODE to register" sh -c "sinfo -h -n $NODE -o %t | grep -qv -e unk -e '^$'"
-    scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
-    wait_for 60 "node $NODE idle" sh -c "sinfo -h -n $NODE -o %t | grep -q -e idle -e mix -e alloc"
+    node_ready "$NODE"
     # sacct must work: submitit reads job states from it.
     wait_for 30 sacct sacct -n -X -S now-1minutes
 }

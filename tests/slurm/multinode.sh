@@ -71,15 +71,7 @@ SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=2,bf_interval=1
-MinJobAge=3600
-ReturnToService=2
+$(scheduling_conf)
 # A node that stops answering is marked DOWN (and its jobs requeued) after this many seconds.
 SlurmdTimeout=20
 # SIGTERM to SIGKILL when a job is requeued or cancelled (default 30 s): submitit ignores SIGTERM, so
@@ -94,22 +86,7 @@ $node_lines
 PartitionName=debug Nodes=$all Default=YES MaxTime=INFINITE State=UP
 EOF
     printf 'AutoDetect=off\n%s' "$gres_lines" >"$DIR/etc/gres.conf"
-    cat >"$DIR/etc/slurmdbd.conf" <<EOF
-AuthType=auth/munge
-DbdHost=localhost
-DbdAddr=127.0.0.1
-DbdPort=$DBD_PORT
-SlurmUser=root
-PidFile=$DIR/run/slurmdbd.pid
-LogFile=$DIR/log/slurmdbd.log
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort=$DB_PORT
-StorageUser=slurm
-StoragePass=hmsa-test
-StorageLoc=slurm_acct_db
-EOF
-    chmod 600 "$DIR/etc/slurmdbd.conf"
+    write_slurmdbd_conf
 }
 
 install_network_tools() {
@@ -172,26 +149,10 @@ start_node() {
 }
 
 start_mn_slurm() {
-    if ! alive "$DIR/run/slurmdbd.pid"; then
-        slurmdbd
-        started slurmdbd
-    fi
-    wait_for 60 slurmdbd sacctmgr -n list cluster
-    sacctmgr -n list cluster format=cluster | grep -qw hmsamn || sacctmgr -i add cluster hmsamn >/dev/null
-    if ! alive "$DIR/run/slurmctld.pid"; then
-        slurmctld
-        started slurmctld
-    fi
-    wait_for 60 slurmctld scontrol ping
-    local i name
+    start_controller hmsamn
+    local i
     for i in $(seq "$NODES"); do start_node "$i"; done
-    for i in $(seq "$NODES"); do
-        name="$(node_name "$i")"
-        wait_for 60 "node $name to register" sh -c "sinfo -h -n $name -o %t | grep -qv -e unk -e '^$'"
-        # A node left down by a test (or a crash) comes back when told to.
-        scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true
-        wait_for 60 "node $name idle" sh -c "sinfo -h -n $name -o %t | grep -q -e idle -e mix -e alloc"
-    done
+    for i in $(seq "$NODES"); do node_ready "$(node_name "$i")"; done
     wait_for 30 sacct sacct -n -X -S now-1minutes
 }
 

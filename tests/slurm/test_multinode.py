@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 from pathlib import Path
 
@@ -18,8 +17,8 @@ import torch
 
 from hmsa.launch import submit
 
-from .conftest import cluster_file, restarts, sacct_jobs, squeue_state, wait_until
-from .test_slurm_jobs import _running_job, _start_submit, _train_argv
+from .conftest import cluster_file, restarts, sacct_jobs, wait_until
+from .test_slurm_jobs import _kill_submitter_then_reattach, _running_job, _start_submit, _train_argv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.slow]
 RANK_LINE = re.compile(r"rank (\d+) of (\d+) on (\S+) \(local rank (\d+)\), rendezvous (\S+):(\d+), gloo")
@@ -154,15 +153,5 @@ def test_reattach_to_a_two_node_job_after_the_submitter_is_killed(multinode_clus
     monkeypatch.setenv("HMSA_TRACKING", "0")
     stage, run = f"mn_reattach_{uid}", tmp_path / "run"
     cluster, argv = _two_node_cluster(tmp_path, stage), _train_argv(run, embedded_data, 20)
-    outputs = (run / "model.pt", run / "train.json")
-    first = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
-    job_id = _running_job(run)
-    first.send_signal(signal.SIGKILL)  # the head node dies; the two-node job goes on
-    first.wait(timeout=30)
-    assert squeue_state(job_id) == "RUNNING"
-    second = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
-    out, err = second.communicate(timeout=600)
-    assert second.returncode == 0, out + err
-    assert f"re-attached to job {job_id}" in err
-    assert [j["id"] for j in sacct_jobs(f"hmsa-{stage}")] == [job_id]  # one submission
+    _kill_submitter_then_reattach(stage, run, cluster, argv, tmp_path, timeout=600)  # the two-node job goes on
     assert json.loads((run / "train.json").read_text())["resumed_from"] == 0  # never restarted

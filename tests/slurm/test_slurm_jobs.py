@@ -46,6 +46,24 @@ def _running_job(run: Path) -> str:
     return rec["job_id"]
 
 
+def _kill_submitter_then_reattach(stage: str, run: Path, cluster: Path, argv: list[str], cwd: Path,
+                                  timeout: float) -> str:
+    """Start ``hmsa submit``, SIGKILL it once its job runs (the head node dies, the job goes on), then
+    run it again: it must re-attach to that job, not submit another. The job's id."""
+    outputs = (run / "model.pt", run / "train.json")  # what the Snakemake rule would --expect
+    first = _start_submit(stage, run, cluster, argv, cwd, expect=outputs)
+    job_id = _running_job(run)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    assert squeue_state(job_id) == "RUNNING"
+    second = _start_submit(stage, run, cluster, argv, cwd, expect=outputs)
+    out, err = second.communicate(timeout=timeout)
+    assert second.returncode == 0, out + err
+    assert f"re-attached to job {job_id}" in err
+    assert [j["id"] for j in sacct_jobs(f"hmsa-{stage}")] == [job_id]  # one submission
+    return job_id
+
+
 def test_result_failure_and_cancel(slurm_cluster: dict, uid: str, embedded_data: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
@@ -81,17 +99,8 @@ def test_reattach_after_the_submitter_is_killed(slurm_cluster: dict, uid: str, e
     cluster, run = cluster_file(tmp_path), tmp_path / "run"
     argv = _train_argv(run, embedded_data, 60)
     stage = f"reattach_{uid}"
-    outputs = (run / "model.pt", run / "train.json")  # what the Snakemake rule would --expect
-    first = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
-    job_id = _running_job(run)
-    first.send_signal(signal.SIGKILL)  # the head node dies; the job goes on
-    first.wait(timeout=30)
-    assert squeue_state(job_id) == "RUNNING"
-    second = _start_submit(stage, run, cluster, argv, tmp_path, expect=outputs)
-    out, err = second.communicate(timeout=900)
-    assert second.returncode == 0, out + err
-    assert f"re-attached to job {job_id}" in err
-    assert [j["id"] for j in sacct_jobs(f"hmsa-{stage}")] == [job_id]  # one submission
+    outputs = (run / "model.pt", run / "train.json")
+    _kill_submitter_then_reattach(stage, run, cluster, argv, tmp_path, timeout=900)
     wait_until(lambda: sacct_jobs(f"hmsa-{stage}")[0]["state"] == "COMPLETED", 60, "COMPLETED")
     assert json.loads((run / "train.json").read_text())["resumed_from"] == 0  # never restarted
     # A third call collects the finished job, its outputs being there, instead of submitting again ...
