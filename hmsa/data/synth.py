@@ -62,6 +62,7 @@ THIN = (POLE, SIGN, LIGHT, BICYCLE, LANE, MARK)  # lost at a low scale
 # they are lost again: the paper's Figure 1 case for a high scale. Measured (seed 0, Table 1
 # hierarchical): person 0 -> 14, bicycle 0 -> 16, motorcycle 0.5 -> 44 IoU; pole, sign and light stay ~0.
 DETAIL = 3
+LINE = DETAIL - 1  # width of drawn lines (bicycle frame and rims, a traffic light's lamp)
 SKIPPED = (POLE, SIGN, LIGHT, BICYCLE)  # too thin for a coarse annotator's polygon
 COLOURS = {SKY: (120, 170, 225), VEG: (60, 130, 50), TERRAIN: (140, 150, 80), POLE: (55, 55, 60),
            SIGN: (230, 200, 40), LIGHT: (30, 30, 30), PERSON: (200, 60, 140), LANE: (235, 235, 235),
@@ -277,8 +278,8 @@ def _two_wheeler(rng: np.random.Generator, cv: _Canvas, y: float, s: float, kind
         tex = _jitter(rng, COLOURS[BICYCLE], 20)
         d_a = np.hypot(cv.yy - cy, cv.xx - xa)
         d_b = np.hypot(cv.yy - cy, cv.xx - xb)
-        rims = (np.abs(d_a - r) < 1.0) | (np.abs(d_b - r) < 1.0)  # 2 px lines
-        frame = cv.box(cy - r, cy - r + 2, xa, xb + 1) | cv.box(cy - r, cy + 1, x, x + 2)
+        rims = (np.abs(d_a - r) < LINE / 2) | (np.abs(d_b - r) < LINE / 2)
+        frame = cv.box(cy - r, cy - r + LINE, xa, xb + 1) | cv.box(cy - r, cy + 1, x, x + LINE)
         shape = rims | frame
     cv.paint(shape, kind, tex)
     if rng.random() < 0.75:  # a rider: Cityscapes 'rider'; Mapillary bicyclist / motorcyclist
@@ -300,7 +301,7 @@ def _poles(rng: np.random.Generator, cv: _Canvas, horizon: int) -> None:
             s = int(rng.integers(DETAIL + 1, 2 * DETAIL))
             tex = np.broadcast_to(np.asarray(COLOURS[LIGHT], np.float32), (h, w, 3)).copy()
             red = rng.random() < 0.5
-            lamp = slice(top + 1, top + 3) if red else slice(top + 2 * s - 3, top + 2 * s - 1)
+            lamp = slice(top + 1, top + 1 + LINE) if red else slice(top + 2 * s - 1 - LINE, top + 2 * s - 1)
             tex[lamp, :] = (230, 40, 30) if red else (40, 230, 60)
             cv.paint(cv.box(top, top + 2 * s, x - s // 2, x - s // 2 + s), LIGHT, tex)
 
