@@ -1,6 +1,7 @@
 """Times the embedded pipeline: a full run from an empty working directory, then a second invocation
-with nothing changed (Snakemake must decide "nothing to be done"). Writes
-reports/benchmarks/pipeline.json.
+with nothing changed (Snakemake must decide "nothing to be done"), and where the full run's time went:
+each job's wall time, from Snakemake's own records (start and end of every output, under
+.snakemake/metadata). Writes reports/benchmarks/pipeline.json.
 
     .venv/bin/python benchmarks/pipeline.py [--workdir DIR]
 """
@@ -8,6 +9,8 @@ reports/benchmarks/pipeline.json.
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +36,27 @@ def _run(workdir: Path, *extra: str) -> tuple[float, subprocess.CompletedProcess
     return time.perf_counter() - t0, proc
 
 
+def _job_seconds(workdir: Path) -> dict[str, float]:
+    """Wall seconds of each job, from Snakemake's record of each output (rule, job hash, start, end;
+    the record's path is the output's name in base64), labelled by rule and its first output."""
+    root = workdir / ".snakemake" / "metadata"
+    jobs: dict[tuple, list] = {}
+    for path in root.rglob("*"):
+        try:
+            meta = json.loads(path.read_text()) if path.is_file() else None
+            output = base64.urlsafe_b64decode("".join(p.lstrip("@") for p in path.relative_to(root).parts)).decode()
+        except (OSError, ValueError):
+            continue
+        if not meta or meta.get("starttime") is None or meta.get("endtime") is None:
+            continue
+        key = (meta.get("rule"), meta.get("job_hash"))
+        start, end = float(meta["starttime"]), float(meta["endtime"])
+        old = jobs.get(key, [start, end, output])
+        jobs[key] = [min(old[0], start), max(old[1], end), min(old[2], output, key=len)]
+    spans = {f"{rule}: {out}": round(end - start, 1) for (rule, _), (start, end, out) in jobs.items()}
+    return dict(sorted(spans.items(), key=lambda kv: -kv[1]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workdir", type=Path, default=None, help="empty dir to run in (default: a temp dir)")
@@ -46,12 +70,14 @@ def main() -> int:
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
         return 1
+    jobs = _job_seconds(workdir)
     noop, proc2 = _run(workdir)
     nothing = "Nothing to be done" in proc2.stdout + proc2.stderr
     result = {
         "full_run_seconds": round(full, 1), "full_run_target_seconds": 600,
         "noop_run_seconds": round(noop, 2), "noop_run_target_seconds": 5, "noop_nothing_to_be_done": nothing,
         "jobs": proc.stderr.count("Finished job") + proc.stdout.count("Finished job"),
+        "job_seconds": jobs, "job_seconds_sum": round(sum(jobs.values()), 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "load_average_1min": {"before": round(load_before, 2), "after": round(load_after, 2)},
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "workdir": "an empty directory (temporary unless --workdir)",

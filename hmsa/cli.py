@@ -214,7 +214,7 @@ def _cmd_plots(a: argparse.Namespace) -> int:
 
 
 def _cmd_track(a: argparse.Namespace) -> int:
-    from hmsa import tracking, tracking_parent
+    from hmsa import tracking, tracking_parent, tracking_sender
 
     if a.invocation:  # checked even with tracking off: a bad id is a bad command line either way
         tracking_parent.check_invocation(a.invocation, "--invocation")
@@ -222,7 +222,7 @@ def _cmd_track(a: argparse.Namespace) -> int:
         return 0
     left: list[str] = []
     if a.sync:
-        done = tracking.sync(a.sync)
+        done = tracking_sender.sync(a.sync)
         left = [run for run, ok in done.items() if not ok]
         if done:  # silent when nothing was held back (the usual case)
             print(f"MLflow: sent the pending logs of {len(done) - len(left)} run(s)"

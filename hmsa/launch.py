@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmsa import jobs, tracking, tracking_parent
+from hmsa import jobs, tracking, tracking_parent, tracking_sender
 from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
 from hmsa.errors import one_line
-from hmsa.io import atomic_write_json, file_lock
+from hmsa.io import atomic_write_json, file_lock, read_json
 
 __all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
 
@@ -164,62 +164,35 @@ def _executor(cluster: ClusterConfig, folder: Path, stage: str, kind: str) -> An
 
 
 def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str]) -> dict[str, str]:
-    """Create (or re-use, after an interrupted attempt) the stage's MLflow child run. The tracking
-    server is not needed now: while it is unreachable the run is created later, from the first op of
-    its write-ahead log (``tracking.defer_stage_run``), like everything the stage logs."""
+    """The job's environment for the stage's MLflow child run: the run recorded in ``mlflow_run.json``
+    while it is unfinished (a resumed or re-attached stage continues it), else a new one. Nothing here
+    talks to the tracking server: a new run starts under a local id whose write-ahead log begins with
+    the op that creates it (``tracking_sender.defer_stage_run``), sent by ``tracking_sender.Sender``."""
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return {}
-    from hmsa.tracking_buffer import is_transient
-
     if os.environ.get(tracking.ENV_INVOCATION):  # bad input, not an outage: refused before anything runs
         tracking_parent.check_invocation(os.environ[tracking.ENV_INVOCATION])
-
     rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
         if table_tags.get("hmsa.paper_rows") else ""
     note = (f"Stage `{stage}` ({kind}) of the pipeline, run by `hmsa submit`.{rows}"
             + (" Each evaluation setting is a run nested under this one." if kind == "evaluate" else ""))
     record = run_dir / "mlflow_run.json"
-    previous = None
-    if record.exists():
-        from hmsa.io import read_json
-
-        previous = read_json(record)
-    try:
-        run_id, exp_id = _create_or_continue(stage, run_dir, table_tags, note, previous)
-    except Exception as exc:
-        if not is_transient(exc):
-            raise
-        log.warning("MLflow unreachable at submit (%s): stage %s is logged to %s and sent when it answers",
-                    str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__, stage,
-                    tracking.buffer_dir(run_dir))
-        if previous is not None:  # continue the recorded run (whatever its status: it cannot be asked)
-            run_id, exp_id = previous["run_id"], previous.get("experiment_id", "")
-        else:
-            run_id, exp_id = tracking.defer_stage_run(stage, run_dir, dict(table_tags), note), ""
-            atomic_write_json(record, {"run_id": run_id, "experiment_id": ""})
-    # HMSA_RUN_DIR: where the job keeps the run's tracking log while the server is unreachable.
-    # The stage's name and tags: its nested runs (one per evaluation setting) are named and tagged by them.
+    previous = read_json(record) if record.exists() else None
+    # A finished run is not reopened: running a finished stage again (new params, deleted outputs) is a
+    # new run. ``status`` is written by ``Sender.finish``; a record without one predates it (continue).
+    if previous is not None and previous.get("status", "RUNNING") == "RUNNING":
+        run_id, exp_id = str(previous["run_id"]), str(previous.get("experiment_id") or "")
+    else:
+        run_id, exp_id = tracking_sender.defer_stage_run(stage, run_dir, dict(table_tags), note), ""
+        atomic_write_json(record, {"run_id": run_id, "experiment_id": "", "status": "RUNNING"})
+    # HMSA_RUN_DIR: where the job keeps the run's tracking log. The stage's name and tags: its nested
+    # runs (one per evaluation setting) are named and tagged by them.
     env = {tracking.ENV_RUN_ID: run_id, tracking.ENV_RUN_DIR: str(run_dir.resolve()),
-           tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True)}
+           tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True),
+           **tracking_sender.job_env(run_dir)}
     if exp_id:
         env["MLFLOW_EXPERIMENT_ID"] = exp_id
     return env
-
-
-def _create_or_continue(stage: str, run_dir: Path, table_tags: dict[str, str], note: str,
-                        previous: dict[str, Any] | None) -> tuple[str, str]:
-    """(run id, experiment id): the recorded run while it is unfinished (resume after a crash), else a
-    new one. Needs the tracking server."""
-    exp_id = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
-    if previous is not None:
-        run_id = tracking.resolve_run_id(previous["run_id"], run_dir)
-        if run_id.startswith(tracking.PENDING) or tracking.mlflow_client().get_run(run_id).info.status != "FINISHED":
-            return run_id, exp_id  # a finished run is not reopened
-    invocation = os.environ.get(tracking.ENV_INVOCATION, "")
-    parent = tracking_parent.get_or_create_parent(invocation, exp_id, {}) if invocation else None
-    run_id = tracking.create_stage_run(stage, exp_id, parent, dict(table_tags), note=note)
-    atomic_write_json(run_dir / "mlflow_run.json", {"run_id": run_id, "experiment_id": exp_id})
-    return run_id, exp_id
 
 
 def _submit_new(cluster: ClusterConfig, stage: str, kind: str, run_dir: Path, argv: list[str],
@@ -270,6 +243,9 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
     env.update(_stage_run(stage, kind, run_dir, tags or {}))
+    # Creates the stage run and sends what the job logs, while the job runs (MLflow loads meanwhile).
+    sender = tracking_sender.Sender(run_dir, env[tracking.ENV_RUN_ID], env.get("MLFLOW_EXPERIMENT_ID", "")).start() \
+        if env.get(tracking.ENV_RUN_ID) else None
     with file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
         job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))
     ok = True
@@ -282,8 +258,8 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     finally:
         _echo(job)
     jobs.mark_done(run_dir, ok)
-    if env.get(tracking.ENV_RUN_ID):
-        tracking.finish_run(env[tracking.ENV_RUN_ID], "FINISHED" if ok else "FAILED", run_dir=run_dir)
+    if sender is not None:
+        sender.finish("FINISHED" if ok else "FAILED", run_dir)
     return 0 if ok else 1
 
 

@@ -263,7 +263,7 @@ def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | N
     pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
     results, out = Path(results), Path(out)
     if runs is not None and os.environ.get("HMSA_TRACKING", "1") != "0":
-        from hmsa.tracking import sync
+        from hmsa.tracking_sender import sync
 
         sync([Path(runs)])  # the curves below read MLflow: send what an outage held back first
     written, sections = _tables(pipeline, results, out, paper_tables())

@@ -1,9 +1,11 @@
 """MLflow tracking: one child run per stage (its parent, one per pipeline invocation, is
 ``hmsa.tracking_parent``), rank 0 only.
 
-Runs are created on the *submitting* side (``hmsa submit``) and their ids handed to the job, so a
+A stage's run id is chosen on the *submitting* side (``hmsa submit``) and handed to the job, so a
 requeued or resumed job continues in the same run and concurrent jobs never race on
-``set_experiment`` (mlflow#10334). The DAG never reads MLflow: metrics JSON files are the truth.
+``set_experiment`` (mlflow#10334). The run itself is created, and what the job logs is sent, by the
+sender process (``hmsa.tracking_sender``): a job only appends to its write-ahead log. The DAG never
+reads MLflow: metrics JSON files are the truth.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hmsa.tracking_location import unpin_artifact_locations
 from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "git_commit", "mlflow_client",
-           "stage_provenance", "sync"]
+           "stage_provenance"]
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -34,6 +36,9 @@ ENV_RUN_DIR = "HMSA_RUN_DIR"
 ENV_STAGE = "HMSA_STAGE"  # the stage's name, handed to its job by `hmsa submit`
 ENV_STAGE_TAGS = "HMSA_STAGE_TAGS"  # JSON: the tags `hmsa submit` gave the stage run (children inherit them)
 ENV_PIPELINE_CONFIG = "HMSA_PIPELINE_CONFIG"  # the pipeline config (JSON, or a file): the parent's params
+# Set by `hmsa submit` for its job: the write-ahead log folder that the submitting side sends to MLflow
+# (``hmsa.tracking_sender``). A tracker of a log in it only appends, so the job never imports MLflow.
+ENV_SENDER = "HMSA_TRACKING_SENT_FROM"
 # The embedded pipeline's experiment: a standalone `hmsa train/evaluate` lands beside the pipeline's runs.
 DEFAULT_EXPERIMENT = "hmsa-embedded"
 # Without this tag MLflow 3 guesses the experiment's kind and may open it in the GenAI (traces) view.
@@ -47,13 +52,28 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
+_STORES_READY: set[str] = set()  # database stores this process has opened once, under the lock
+
+
 def mlflow_client() -> Any:
-    """The MLflow client, with bounded HTTP retries (a down server costs seconds, not minutes)."""
+    """The MLflow client, with bounded HTTP retries (a down server costs seconds, not minutes).
+
+    A database store (``sqlite:///mlflow.db``) creates its tables on first use, and two processes doing
+    that at once fail in alembic ("expected to match one row ... 0 found"): the sender and a job that
+    reads MLflow (the report) may both be first. So the first use of each such store in a process
+    happens under a lock; a tracking server does this itself."""
+    from mlflow import get_tracking_uri
     from mlflow.tracking import MlflowClient  # lazy: mlflow takes seconds to import
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    return MlflowClient()
+    uri = str(get_tracking_uri())
+    if "://" not in uri or uri.startswith(("http://", "https://", "file://")) or uri in _STORES_READY:
+        return MlflowClient()
+    with file_lock("mlflow-store"):
+        client = MlflowClient()  # opens the store: creates or migrates its tables
+    _STORES_READY.add(uri)
+    return client
 
 
 
@@ -90,36 +110,8 @@ def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags
     return mlflow_client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
 
 
-# The id a stage run goes by until the tracking server has created it (``defer_stage_run``).
+# The id a stage run goes by until the tracking server has created it (``tracking_sender.defer_stage_run``).
 PENDING = wal.PENDING
-
-
-def defer_stage_run(stage: str, run_dir: Path, tags: dict[str, str], note: str = "") -> str:
-    """A stage run for when the server is unreachable at submit: a local id whose write-ahead log
-    starts with the op that creates the run (experiment, invocation's parent, git tags, as
-    ``create_stage_run``), sent with the stage's other ops when the server answers."""
-    import uuid
-
-    run_id = f"{PENDING}{uuid.uuid4().hex}"
-    wal.append(wal.wal_path(buffer_dir(run_dir), run_id), {
-        "op": "create_stage", "stage": stage, "experiment": experiment_name(),
-        "invocation": os.environ.get(ENV_INVOCATION, ""), "tags": {**tags, **git_tags()}, "note": note})
-    return run_id
-
-
-def create_deferred_stage_run(client: Any, op: dict[str, Any]) -> str:
-    """Send a ``create_stage`` op (``defer_stage_run``): the run, under its invocation's parent."""
-    from hmsa.tracking_parent import get_or_create_parent  # it imports this module
-
-    exp_id = ensure_experiment(op["experiment"])
-    invocation = op.get("invocation") or ""
-    parent = get_or_create_parent(invocation, exp_id, {}) if invocation else None
-    all_tags = {"hmsa.stage": op["stage"], "hmsa.kind": "stage", **op.get("tags", {})}
-    if op.get("note"):
-        all_tags[NOTE] = op["note"]
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    return client.create_run(exp_id, run_name=op["stage"], tags=all_tags).info.run_id
 
 
 def resolve_run_id(run_id: str, run_dir: Path | None = None) -> str:
@@ -155,7 +147,8 @@ def default_buffer() -> Path:
     return Path(os.environ.get("HMSA_TRACKING_BUFFER", ".hmsa/tracking")).resolve()
 
 
-def _seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
+    """A duration from the environment; a one-line error naming the variable if it is not a number."""
     try:
         return float(os.environ.get(name, default))
     except ValueError as exc:
@@ -180,13 +173,14 @@ class StageTracker:
         self.owned = run_id is None
         self._client: Any = None
         self._retry_at = 0.0
-        self._retry_s = _seconds("HMSA_TRACKING_RETRY_SECONDS", 30)
+        self._retry_s = env_seconds("HMSA_TRACKING_RETRY_SECONDS", 30)
+        self.deferred = False
         if not self.enabled:
             return
-        self._client = mlflow_client()
         if self.run_id is None and not self._create_run(run_name):
             return
         self.wal = wal.wal_path(buffer or buffer_dir(), str(self.run_id))
+        self.deferred = _sent_from_submit(self.wal)
         if self.owned and _STANDALONE:
             self.set_tags(_STANDALONE["tags"])
             self.log_text(_STANDALONE["config"], "config.yaml")
@@ -205,7 +199,7 @@ class StageTracker:
         tags = {"hmsa.kind": "standalone", NOTE: note, **git_tags(command), **job_tags()}
         try:
             exp = ensure_experiment(experiment_name())
-            self.run_id = self._client.create_run(exp, run_name=name, tags=tags).info.run_id
+            self.run_id = self.client.create_run(exp, run_name=name, tags=tags).info.run_id
             return True
         except Exception as exc:  # noqa: BLE001 - without a run id there is nothing to buffer for
             log.warning("MLflow unreachable, this command is not tracked: %s", wal._short(exc))
@@ -228,24 +222,36 @@ class StageTracker:
         if not self.enabled:
             return child
         safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in key)
-        child._client, child._retry_s = self._client, self._retry_s
+        child._client, child._retry_s, child.deferred = self._client, self._retry_s, self.deferred
         child.wal = wal.wal_path(self.wal.parent, f"{self.run_id}.{safe}")
         child.run_id = wal.resolved_run_id(child.wal)
         child._record({"op": "create", "parent": str(self.run_id), "key": key, "name": name, "tags": tags})
         return child
 
+    @property
+    def client(self) -> Any:
+        """Created on first use: a deferred tracker never needs one (importing MLflow takes seconds)."""
+        if self._client is None:
+            self._client = mlflow_client()
+        return self._client
+
     def _record(self, op: dict[str, Any]) -> None:
         wal.append(self.wal, op)
-        if time.monotonic() >= self._retry_at:
+        if self.deferred:
+            self.run_id = wal.resolved_run_id(self.wal) or self.run_id  # once the sender created it
+        elif time.monotonic() >= self._retry_at:
             self.flush()
 
     def flush(self, wait: float = 0.0) -> bool:
-        """Send what is pending; with ``wait`` > 0 keep trying that long. True when nothing is left."""
+        """Send what is pending; with ``wait`` > 0 keep trying that long. True when nothing is left.
+        A deferred tracker sends nothing itself: it waits (up to ``wait``) for the submitting side."""
         if not self.enabled:
             return True
+        if self.deferred:
+            return self._wait_for_sender(wait)
         deadline = time.monotonic() + wait
         while True:
-            done = wal.flush(self.wal, self._client, str(self.run_id))
+            done = wal.flush(self.wal, self.client, str(self.run_id))
             self.run_id = wal.resolved_run_id(self.wal) or self.run_id  # a nested run, once created
             if done:
                 self._retry_at = 0.0
@@ -255,6 +261,26 @@ class StageTracker:
             if left <= 0:
                 return False
             time.sleep(min(5.0, left))
+
+    def _wait_for_sender(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            self.run_id = wal.resolved_run_id(self.wal) or self.run_id
+            done = wal.pending(self.wal) == 0 and bool(self.run_id) and not str(self.run_id).startswith(PENDING)
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.2)
+
+    def resolved_id(self, wait: float = 0.0) -> str:
+        """The run's id as the server knows it, waiting up to ``wait`` for a deferred run to be created
+        (what a results file records); the local ``pending-`` id if it is not created by then."""
+        deadline = time.monotonic() + (wait if self.deferred else 0.0)
+        while self.enabled:
+            self.run_id = wal.resolved_run_id(self.wal) or self.run_id
+            if not str(self.run_id).startswith(PENDING) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        return str(self.run_id or "")
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
@@ -299,22 +325,17 @@ class StageTracker:
             return
         if self.owned:
             self.finish()
-        if not self.flush(wait=_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30)):
+        if self.deferred and not self.owned:  # the stage run: `hmsa submit` sends the rest after the job
+            return
+        if not self.flush(wait=env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30)):
             log.warning("MLflow still unreachable: run %s continues from %s (hmsa track --sync sends it)",
                         self.run_id, self.wal)
 
 
-def sync(roots: list[Path]) -> dict[str, bool]:
-    """Send every pending log in the run dirs under ``roots`` and in ``.hmsa/tracking``;
-    run id -> True if it is now complete."""
-    out: dict[str, bool] = {}
-    paths = [p for r in roots for p in sorted(Path(r).glob("**/mlflow-wal/*.jsonl"))]
-    default = Path(os.environ.get("HMSA_TRACKING_BUFFER", ".hmsa/tracking"))
-    paths += sorted(default.glob("*.jsonl"))
-    for path in paths:
-        if wal.pending(path) > 0:
-            out[path.stem] = StageTracker(path.stem, buffer=path.parent, reopen=False).flush()
-    return out
+def _sent_from_submit(log: Path) -> bool:
+    """Is ``log`` in the folder that this job's ``hmsa submit`` sends (``ENV_SENDER``)?"""
+    folder = os.environ.get(ENV_SENDER, "")
+    return bool(folder) and Path(folder).resolve() == log.parent.resolve()
 
 
 def _stage_tracker() -> StageTracker | None:

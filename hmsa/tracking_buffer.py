@@ -47,6 +47,14 @@ def resolved_run_id(path: Path) -> str:
         return ""
 
 
+def resolved_experiment(path: Path) -> str:
+    """The experiment id of a stage run created from its log ("" before that, or for a nested run)."""
+    try:
+        return path.with_suffix(".experiment").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def _write_run_id(path: Path, run_id: str) -> None:
     atomic_write_text(path.with_suffix(".run"), run_id)  # readable by the group, like every output
 
@@ -152,9 +160,10 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
             elif op.get("op") in ("create", "create_stage"):
                 try:
                     if op["op"] == "create_stage":
-                        from hmsa.tracking import create_deferred_stage_run
+                        from hmsa.tracking_sender import create_deferred_stage_run
 
-                        run_id = create_deferred_stage_run(client, op)
+                        run_id, experiment = create_deferred_stage_run(client, op)
+                        atomic_write_text(path.with_suffix(".experiment"), experiment)
                     else:
                         parent = _resolve_parent(path.parent, client, op["parent"])
                         if not parent:  # its stage run is itself still waiting for the server

@@ -37,10 +37,13 @@ def check_invocation(invocation: str, where: str = tracking.ENV_INVOCATION) -> s
     return invocation
 
 
-def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str]) -> str:
-    """The parent run of one pipeline invocation; created by whichever stage submits first."""
+def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, str],
+                         pipeline_env: str | None = None, origin: dict[str, str] | None = None) -> str:
+    """The parent run of one pipeline invocation; created by whichever stage submits first.
+    ``pipeline_env`` and ``origin``: what ``HMSA_PIPELINE_CONFIG`` and ``origin()`` were in that
+    invocation (the sender serves several invocations), else taken from this process."""
     check_invocation(invocation)
-    pipeline = _pipeline_config()
+    pipeline = _pipeline_config(pipeline_env)
     with file_lock("parent"):
         client = tracking.mlflow_client()
         found = client.search_runs([experiment_id], f"tags.`hmsa.invocation` = '{invocation}'",
@@ -53,7 +56,8 @@ def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, st
         close_stale_parents(client, experiment_id)
         run = client.create_run(experiment_id, run_name=f"{label} · {time.strftime('%Y-%m-%d %H:%M')}",
                                 tags={"hmsa.invocation": invocation, "hmsa.kind": "pipeline", tracking.NOTE: note,
-                                      **_origin(), **git_tags(), **tags})
+                                      **(origin if origin is not None else invocation_origin()), **git_tags(),
+                                      **tags})
         # Lets the Snakefile's onsuccess/onerror know there is a parent run to close, without
         # importing MLflow when nothing ran.
         marker = Path(".hmsa/invocations") / invocation
@@ -64,7 +68,7 @@ def get_or_create_parent(invocation: str, experiment_id: str, tags: dict[str, st
     return run.info.run_id
 
 
-def _origin() -> dict[str, str]:
+def invocation_origin() -> dict[str, str]:
     """Where the invocation runs: the host and Snakemake's process id (``HMSA_SNAKEMAKE_PID``)."""
     pid = os.environ.get(ENV_SNAKEMAKE_PID, "")
     return {"hmsa.host": socket.gethostname(), **({"hmsa.snakemake_pid": pid} if pid.isdigit() else {})}
@@ -91,10 +95,10 @@ def close_stale_parents(client: Any, experiment_id: str) -> list[str]:
     return [p.info.run_id for p in stale]
 
 
-def _pipeline_config() -> dict[str, Any]:
-    """The pipeline config in ``HMSA_PIPELINE_CONFIG``: inline JSON (what the Snakefile sets) or the
-    path of a YAML/JSON file; {} when unset or unreadable."""
-    value = os.environ.get(tracking.ENV_PIPELINE_CONFIG, "").strip()
+def _pipeline_config(value: str | None = None) -> dict[str, Any]:
+    """The pipeline config in ``HMSA_PIPELINE_CONFIG`` (or ``value``): inline JSON (what the Snakefile
+    sets) or the path of a YAML/JSON file; {} when unset or unreadable."""
+    value = (os.environ.get(tracking.ENV_PIPELINE_CONFIG, "") if value is None else value).strip()
     if not value:
         return {}
     import yaml

@@ -108,7 +108,6 @@ def log_evaluation(metrics: dict, names: list[str], out_dir: Path, dataset_root:
     Adds ``mlflow_run_id`` (the stage run) and, per setting, its nested run's id to ``metrics``."""
     stage = stage_name(out_dir)
     tracker = tracking.StageTracker.from_env(run_name=f"evaluate · {stage}")
-    metrics["mlflow_run_id"] = tracker.run_id or ""
     for name, r in metrics["settings"].items():
         tracker.log_metrics({f"miou/{name}": r["miou"], f"pixel_accuracy/{name}": r["pixel_accuracy"]})
         tracker.log_table({"class": names, "iou": [r["per_class"][n] for n in names]},
@@ -120,4 +119,6 @@ def log_evaluation(metrics: dict, names: list[str], out_dir: Path, dataset_root:
     children = log_setting_runs(tracker, metrics, names, dataset_root, stage)
     for name, run_id in children.items():
         metrics["settings"][name]["mlflow_run_id"] = run_id
+    # After the nested runs: creating them needed this one, so a deferred stage run has its id by now.
+    metrics["mlflow_run_id"] = tracker.resolved_id(wait=tracking.env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30))
     tracker.close()

@@ -195,6 +195,14 @@ def _tracker(saved: dict[str, Any] | None) -> StageTracker:
     return StageTracker.from_env()
 
 
+def _run_id(tracker: StageTracker) -> str:
+    """The run id train.json and the model file record: a stage's run is created by the sender
+    (``hmsa.tracking_sender``) seconds after the job starts, so this waits only if the server is down."""
+    from hmsa.tracking import env_seconds
+
+    return tracker.resolved_id(wait=env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30))
+
+
 def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = None,
                  out_metrics: Path | None = None, resume: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; export the final model and a metrics JSON.
@@ -254,14 +262,14 @@ def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_mo
         raise
     seconds = time.time() - t0
     result = {"iterations": cfg.train.iterations, "resumed_from": start, "train_seconds": round(seconds, 2),
-              "mlflow_run_id": tracker.run_id or "", "config_hash": cfgmod.config_hash(cfg),
+              "mlflow_run_id": _run_id(tracker), "config_hash": cfgmod.config_hash(cfg),
               "amp": prec.active, "sync_bn": sync_bn}
     if dist.world_size > 1:
         log.info("rank %d of %d: parameters sha256 %s", dist.rank, dist.world_size,
                  distributed.parameters_digest(model))
     if dist.is_main:
         if out_model is not None:
-            meta = model_meta(cfg, num_classes, names, tracker.run_id or "", run_dir)
+            meta = model_meta(cfg, num_classes, names, result["mlflow_run_id"], run_dir)
             checkpoint.save({"model": model.state_dict(), "meta": meta}, Path(out_model))
         if out_metrics is not None:
             curves.export(run_dir, Path(out_metrics).parent / curves.FILE, cfg.train.iterations)
