@@ -259,7 +259,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
         _echo(job)
     jobs.mark_done(run_dir, ok)
     if sender is not None:
-        sender.finish("FINISHED" if ok else "FAILED", run_dir)
+        sender.finish("FINISHED" if ok else "FAILED")
     return 0 if ok else 1
 
 

@@ -156,7 +156,7 @@ class Sender:
         self._register(done=False)
         return self
 
-    def finish(self, status: str, run_dir: Path) -> bool:
+    def finish(self, status: str) -> bool:
         """End the stage run with ``status``, wait for the sender, record the run in ``mlflow_run.json``.
         True when everything reached the server."""
         wal.append(wal.wal_path(self.folder, self.run_id),
@@ -174,8 +174,8 @@ class Sender:
                 done = send_folder(self.folder, client, self.run_id)
             except Exception as exc:  # noqa: BLE001 - tracking never fails a stage
                 log.warning("MLflow: sending %s failed (%s)", self.folder, _why(exc))
-        run_id = tracking.resolve_run_id(self.run_id, run_dir)
-        atomic_write_json(run_dir / "mlflow_run.json", {"run_id": run_id, "status": status,
+        run_id = tracking.resolve_run_id(self.run_id, self.run_dir)
+        atomic_write_json(self.run_dir / "mlflow_run.json", {"run_id": run_id, "status": status,
                                                         "experiment_id": _experiment(self.folder, self.run_id, client)
                                                         or self.experiment})
         if not done:

@@ -25,7 +25,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HMSA_TRACKING", "1")
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "sender-test")
-    monkeypatch.setenv("HMSA_TRACKING_SENDER_IDLE_SECONDS", "3")
+    monkeypatch.setenv("HMSA_TRACKING_SENDER_IDLE_SECONDS", "20")
     return tmp_path
 
 
@@ -68,10 +68,12 @@ def test_a_job_that_logs_never_imports_mlflow(tmp_path: Path) -> None:
 def test_one_warm_sender_tracks_consecutive_stages_and_invocations(workdir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     where = tracking_sender.home()
+    senders = []
     for i, name in enumerate(["first", "second"]):
         monkeypatch.setenv(tracking.ENV_INVOCATION, f"inv-{i}")
         monkeypatch.setenv(tracking.ENV_PIPELINE_CONFIG, json.dumps({"name": f"pipe{i}", "seed": i}))
         assert submit(name, "prepare", workdir / "runs" / name, LOCAL, ["track"]) == 0
+        senders.append(_sender_pids(where))
         record = json.loads((workdir / "runs" / name / "mlflow_run.json").read_text())
         assert record["status"] == "FINISHED" and not record["run_id"].startswith(tracking.PENDING)
         assert record["experiment_id"]
@@ -82,7 +84,7 @@ def test_one_warm_sender_tracks_consecutive_stages_and_invocations(workdir: Path
         parent = MlflowClient().get_run(run.data.tags["mlflow.parentRunId"])
         # each invocation's parent gets its own pipeline config, though one sender created both
         assert parent.data.tags["hmsa.invocation"] == f"inv-{i}" and parent.data.params["seed"] == str(i)
-        assert len(_sender_pids(where)) == 1
+    assert len(senders[0]) == 1 and senders[1] == senders[0]  # the second stage found the first's sender
     assert not list((where / "outbox").glob("*.json"))  # both stages sent: nothing registered
     deadline = time.monotonic() + 60
     while _sender_pids(where) and time.monotonic() < deadline:
