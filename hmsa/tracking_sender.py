@@ -4,8 +4,8 @@ Importing MLflow and opening its store takes ~4 s of CPU (``benchmarks/stage_sta
 submit`` used to pay it before submitting (to create the stage run) and every job paid it again. Now
 a stage run starts under a local id (``defer_stage_run``); the job only appends to the
 write-ahead logs in ``<run dir>/mlflow-wal`` (``tracking.ENV_SENDER``), and a detached sender
-(``python -m hmsa.tracking_sender``, one per host and tracking URI, started by the first ``hmsa
-submit`` that needs it) creates the run and sends what every registered stage logs, every
+(``python -m hmsa.tracking_sender``, one per working directory, host and tracking URI, started by the
+first ``hmsa submit`` that needs it) creates the run and sends what every registered stage logs, every
 ``HMSA_TRACKING_SEND_SECONDS`` (default 1). It stays up ``HMSA_TRACKING_SENDER_IDLE_SECONDS``
 (default 60) after its last stage, so the next stage of a pipeline finds MLflow already loaded.
 
@@ -210,8 +210,8 @@ def _entries(outbox: Path) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
-def _pass(where: Path, client: Any) -> tuple[bool, bool]:
-    """Send every registered folder once; (anything registered, everything sent)."""
+def _pass(where: Path, client: Any) -> bool:
+    """Send every registered folder once; True when everything was sent."""
     entries = _entries(where / "outbox")
     ok = True
     for path, entry in entries:
@@ -226,7 +226,7 @@ def _pass(where: Path, client: Any) -> tuple[bool, bool]:
         # disk for the next `hmsa submit` of that stage, or `hmsa track --sync`).
         if (entry.get("done") and sent) or not pid_running(int(entry.get("pid", 0))):
             path.unlink(missing_ok=True)
-    return bool(entries), ok
+    return ok
 
 
 def serve(where: Path) -> int:
@@ -246,7 +246,7 @@ def serve(where: Path) -> int:
                     time.sleep(every)
                     continue
                 client = client or tracking.mlflow_client()  # MLflow is imported only once there is work
-                _, ok = _pass(where, client)
+                ok = _pass(where, client)
                 last = time.monotonic()
                 time.sleep(every if ok else retry)
         finally:
