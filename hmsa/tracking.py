@@ -238,7 +238,7 @@ class StageTracker:
     def _record(self, op: dict[str, Any]) -> None:
         wal.append(self.wal, op)
         if self.deferred:
-            self.run_id = wal.resolved_run_id(self.wal) or self.run_id  # once the sender created it
+            self.resolved_id()  # reads the id once the sender has created the run, then no more
         elif time.monotonic() >= self._retry_at:
             self.flush()
 
@@ -265,19 +265,23 @@ class StageTracker:
     def _wait_for_sender(self, wait: float) -> bool:
         deadline = time.monotonic() + wait
         while True:
-            self.run_id = wal.resolved_run_id(self.wal) or self.run_id
-            done = wal.pending(self.wal) == 0 and bool(self.run_id) and not str(self.run_id).startswith(PENDING)
+            run_id = self.resolved_id()
+            done = bool(run_id) and not run_id.startswith(PENDING) and wal.pending(self.wal) == 0
             if done or time.monotonic() >= deadline:
                 return done
             time.sleep(0.2)
 
-    def resolved_id(self, wait: float = 0.0) -> str:
-        """The run's id as the server knows it, waiting up to ``wait`` for a deferred run to be created
-        (what a results file records); the local ``pending-`` id if it is not created by then."""
+    def resolved_id(self, wait: float | None = 0.0) -> str:
+        """The run's id as the server knows it, waiting up to ``wait`` (None: the finish wait,
+        ``HMSA_TRACKING_FINISH_WAIT_SECONDS``) for a deferred run to be created, as a results file
+        records it; the local ``pending-`` id if it is not created by then."""
+        if wait is None:
+            wait = env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30)
         deadline = time.monotonic() + (wait if self.deferred else 0.0)
-        while self.enabled:
+        # A nested run's id is "" and a stage run's "pending-..." until the sender has created it.
+        while self.enabled and (not self.run_id or str(self.run_id).startswith(PENDING)):
             self.run_id = wal.resolved_run_id(self.wal) or self.run_id
-            if not str(self.run_id).startswith(PENDING) or time.monotonic() >= deadline:
+            if time.monotonic() >= deadline:
                 break
             time.sleep(0.2)
         return str(self.run_id or "")

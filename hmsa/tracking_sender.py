@@ -187,10 +187,11 @@ class Sender:
 def _experiment(folder: Path, run_id: str, client: Any) -> str:
     """The stage run's experiment id: recorded when the run was created from the log, else asked."""
     found = wal.resolved_experiment(wal.wal_path(folder, run_id))
-    if found or client is None or tracking.resolve_run_id(run_id, folder.parent).startswith(tracking.PENDING):
+    resolved = tracking.resolve_run_id(run_id, folder.parent)
+    if found or client is None or resolved.startswith(tracking.PENDING):
         return found
     try:
-        return str(client.get_run(tracking.resolve_run_id(run_id, folder.parent)).info.experiment_id)
+        return str(client.get_run(resolved).info.experiment_id)
     except Exception:  # noqa: BLE001 - the run id alone is enough to continue it
         return ""
 

@@ -120,5 +120,5 @@ def log_evaluation(metrics: dict, names: list[str], out_dir: Path, dataset_root:
     for name, run_id in children.items():
         metrics["settings"][name]["mlflow_run_id"] = run_id
     # After the nested runs: creating them needed this one, so a deferred stage run has its id by now.
-    metrics["mlflow_run_id"] = tracker.resolved_id(wait=tracking.env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30))
+    metrics["mlflow_run_id"] = tracker.resolved_id(wait=None)
     tracker.close()

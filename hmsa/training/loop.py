@@ -195,14 +195,6 @@ def _tracker(saved: dict[str, Any] | None) -> StageTracker:
     return StageTracker.from_env()
 
 
-def _run_id(tracker: StageTracker) -> str:
-    """The run id train.json and the model file record: a stage's run is created by the sender
-    (``hmsa.tracking_sender``) seconds after the job starts, so this waits only if the server is down."""
-    from hmsa.tracking import env_seconds
-
-    return tracker.resolved_id(wait=env_seconds("HMSA_TRACKING_FINISH_WAIT_SECONDS", 30))
-
-
 def run_training(cfg: cfgmod.Config, run_dir: Path, out_model: Path | None = None,
                  out_metrics: Path | None = None, resume: bool = True) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir``; export the final model and a metrics JSON.
@@ -262,7 +254,7 @@ def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_mo
         raise
     seconds = time.time() - t0
     result = {"iterations": cfg.train.iterations, "resumed_from": start, "train_seconds": round(seconds, 2),
-              "mlflow_run_id": _run_id(tracker), "config_hash": cfgmod.config_hash(cfg),
+              "mlflow_run_id": tracker.resolved_id(wait=None), "config_hash": cfgmod.config_hash(cfg),
               "amp": prec.active, "sync_bn": sync_bn}
     if dist.world_size > 1:
         log.info("rank %d of %d: parameters sha256 %s", dist.rank, dist.world_size,
