@@ -314,7 +314,8 @@ DRAW = {CAR: partial(_vehicle, kind=CAR), TRUCK: partial(_vehicle, kind=TRUCK), 
 def _coarse(rng: np.random.Generator, cv: _Canvas, ids: dict[int, int]) -> np.ndarray:
     """Coarse labels like gtCoarse: for each element an annotator keeps, a polygon of a few vertices
     placed a margin inside it (wide unlabelled borders between elements), clipped to that inside;
-    thin things get no polygon — the one behind swallows them or the annotator cut around them."""
+    thin things get no polygon, and the polygon behind one is cut around it: gtCoarse's rule is that a
+    polygon holds pixels of one class only, so a pole never takes the label of the wall behind it."""
     from scipy.ndimage import binary_dilation, distance_transform_edt
 
     inst = cv.inst
@@ -345,8 +346,7 @@ def _coarse(rng: np.random.Generator, cv: _Canvas, ids: dict[int, int]) -> np.nd
         pick = rng.choice(ys.size, min(ys.size, int(rng.integers(8, 17))), replace=False)
         out[_polygon(xs[pick], ys[pick], inst.shape) & core] = ids[c]
     for mask in cv.thin:
-        if rng.random() < 0.5:
-            out[binary_dilation(mask)] = 0
+        out[binary_dilation(mask)] = 0
     return out
 
 
