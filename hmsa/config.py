@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -236,17 +237,31 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _apply_file(cfg: Config, path: Path, seen: tuple[Path, ...] = (), origins: dict[str, str] | None = None) -> None:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'extends' cycle")
-    data = _read_yaml(path)
-    base = data.pop("extends", None)
-    if base is not None:
+def config_files(path: str | Path) -> list[Path]:
+    """The experiment file and every file it ``extends``, nearest first, each spelled from ``path`` (a
+    relative path stays relative): what its config depends on. The DAG declares them all as inputs, so
+    editing a shared base re-runs the stages built on it."""
+    files: list[Path] = []
+    seen: list[Path] = []
+    current = Path(os.path.normpath(path))
+    while True:
+        if current.resolve() in seen:
+            raise ConfigError(f"{current.resolve()}: 'extends' cycle")
+        files.append(current)
+        seen.append(current.resolve())
+        base = _read_yaml(current).get("extends")
+        if base is None:
+            return files
         if not isinstance(base, str):
-            raise ConfigError(f"{path}: 'extends' must be a path string")
-        _apply_file(cfg, path.parent / base, (*seen, path), origins)
-    _merge(cfg, data, str(path), origins=origins)
+            raise ConfigError(f"{current.resolve()}: 'extends' must be a path string")
+        current = Path(os.path.normpath(current.parent / base))
+
+
+def _apply_file(cfg: Config, path: Path, origins: dict[str, str] | None = None) -> None:
+    for file in reversed(config_files(path)):  # the farthest base first, the file itself last
+        data = _read_yaml(file)
+        data.pop("extends", None)
+        _merge(cfg, data, str(file.resolve()), origins=origins)
 
 
 def parse_override(text: str) -> dict:

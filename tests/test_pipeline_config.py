@@ -168,3 +168,36 @@ def test_run_summary_reads_the_tables_headline_numbers(tmp_path: Path, monkeypat
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in text and "hmsa-embedded" in text
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://login1:5000")
     assert "MLflow:  http://login1:5000" in summary(pipeline, "results", "reports")
+
+
+def test_a_stage_depends_on_every_file_its_experiment_extends(tmp_path: Path) -> None:
+    """Editing a shared base (e.g. cityscapes_base.yaml) must re-run the stages built on it: the whole
+    `extends` chain is an input of each stage, not only the file the pipeline config names."""
+    out = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-s", str(ROOT / "Snakefile"), "-n",
+                          "--directory", str(tmp_path), "--configfile", str(ROOT / "configs/pipeline/embedded.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    jobs = {}  # rule name -> its `input:` line in the dry run
+    for block in (out.stdout + out.stderr).split("\nrule ")[1:]:
+        inputs = [line for line in block.splitlines() if line.strip().startswith("input:")]
+        jobs[block.split(":")[0]] = inputs[0] if inputs else ""
+    for rule in ("cityscapes_teacher", "autolabel", "evaluate_table2_attention_coarse", "table1_single"):
+        assert "configs/experiments/embedded/base.yaml" in jobs[rule], (rule, jobs[rule])
+    for rule in ("cityscapes_teacher", "autolabel", "evaluate_table2_attention_coarse"):
+        assert "configs/experiments/embedded/cityscapes_base.yaml" in jobs[rule], (rule, jobs[rule])
+
+
+def test_config_files_follow_the_extends_chain(tmp_path: Path) -> None:
+    from hmsa.config import ConfigError, config_files, load
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "base.yaml").write_text("train: {iterations: 7, lr: 0.5}\n")
+    (tmp_path / "sub/mid.yaml").write_text("extends: ../base.yaml\ntrain: {iterations: 9}\n")
+    (tmp_path / "sub/leaf.yaml").write_text("extends: mid.yaml\nseed: 3\n")
+    files = config_files(tmp_path / "sub/leaf.yaml")
+    assert files == [tmp_path / "sub/leaf.yaml", tmp_path / "sub/mid.yaml", tmp_path / "base.yaml"]
+    cfg = load(tmp_path / "sub/leaf.yaml")  # the nearest file wins
+    assert (cfg.seed, cfg.train.iterations, cfg.train.lr) == (3, 9, 0.5)
+    (tmp_path / "base.yaml").write_text("extends: sub/leaf.yaml\n")
+    with pytest.raises(ConfigError, match="'extends' cycle"):
+        config_files(tmp_path / "sub/leaf.yaml")

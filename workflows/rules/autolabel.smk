@@ -8,6 +8,7 @@ for _name, _st in config.get("autolabel", {}).items():
         input:
             prepared=prepared("cityscapes"),
             experiment=experiment(_st["experiment"]),
+            bases=experiment_bases(_st["experiment"]),
             teacher=model_file(_st["teacher"]),
         output:
             manifest=autolabel_manifest(_name),

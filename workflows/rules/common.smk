@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 from hmsa.cluster import ClusterConfigError, load_cluster
+from hmsa.config import ConfigError, config_files
 
 # The project root relative to the working directory ("." when Snakemake runs in the checkout): rule
 # params and inputs built from it hold no absolute path, so a checkout copied or moved elsewhere has
@@ -79,6 +80,14 @@ def expect_args(wildcards, output):
 
 def experiment(path):
     return os.path.normpath(ROOT / path)
+
+
+def experiment_bases(path):
+    """The files an experiment `extends`: inputs too, so editing a shared base re-runs its stages."""
+    try:
+        return [str(p) for p in config_files(experiment(path))[1:]]
+    except ConfigError as exc:
+        sys.exit(str(exc))
 
 
 def from_workdir(path):

@@ -10,6 +10,7 @@ for _name, _ev in config["evaluate"].items():
             prepared=prepared(_ev["dataset"]),
             model=model_file(_ev["model"]),
             experiment=experiment(_ev.get("experiment", config["train"][_ev["model"]]["experiment"])),
+            bases=experiment_bases(_ev.get("experiment", config["train"][_ev["model"]]["experiment"])),
         output:
             metrics=f"{RESULTS}/{_name}/metrics.json",
             per_class=f"{RESULTS}/{_name}/per_class.csv",

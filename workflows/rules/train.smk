@@ -20,6 +20,7 @@ for _name, _st in config["train"].items():
         input:
             prepared=prepared(_st["dataset"]),
             experiment=experiment(_st["experiment"]),
+            bases=experiment_bases(_st["experiment"]),
             init=[model_file(_st["init"])] if _st.get("init") else [],
             autolabels=[autolabel_manifest(_st["autolabels"])] if _st.get("autolabels") else [],
         output:
