@@ -124,8 +124,9 @@ def test_a_node_going_down_mid_job_requeues_it(multinode_cluster: dict, uid: str
                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HMSA_TRACKING", "0")
     # Long enough to outlast KillWait: submitit ignores the SIGTERM that SLURM sends when the node goes
-    # down, so both ranks train on until the SIGKILL 10 s later (tests/slurm/multinode.sh).
-    stage, run, total = f"mn_nodedown_{uid}", tmp_path / "run", 100
+    # down, so both ranks train on until the SIGKILL 10 s later (tests/slurm/multinode.sh). 100 iterations
+    # did not on a fast CPU (~6 s for one process): the first attempt finished, and nothing resumed.
+    stage, run, total = f"mn_nodedown_{uid}", tmp_path / "run", 500
     proc = _start_submit(stage, run, _two_node_cluster(tmp_path, stage), _train_argv(run, embedded_data, total),
                          tmp_path)
     job_id = _running_job(run)
