@@ -237,30 +237,32 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def config_files(path: str | Path) -> list[Path]:
-    """The experiment file and every file it ``extends``, nearest first, each spelled from ``path`` (a
-    relative path stays relative): what its config depends on. The DAG declares them all as inputs, so
-    editing a shared base re-runs the stages built on it."""
-    files: list[Path] = []
-    seen: list[Path] = []
+def _chain(path: str | Path) -> list[tuple[Path, dict]]:
+    """The file and every file it ``extends``, nearest first, each read once, with its data (without
+    ``extends``); each path spelled from ``path`` (a relative path stays relative)."""
+    chain: list[tuple[Path, dict]] = []
     current = Path(os.path.normpath(path))
     while True:
-        if current.resolve() in seen:
+        if current.resolve() in (p.resolve() for p, _ in chain):
             raise ConfigError(f"{current.resolve()}: 'extends' cycle")
-        files.append(current)
-        seen.append(current.resolve())
-        base = _read_yaml(current).get("extends")
+        data = _read_yaml(current)
+        base = data.pop("extends", None)
+        chain.append((current, data))
         if base is None:
-            return files
+            return chain
         if not isinstance(base, str):
             raise ConfigError(f"{current.resolve()}: 'extends' must be a path string")
         current = Path(os.path.normpath(current.parent / base))
 
 
+def config_files(path: str | Path) -> list[Path]:
+    """The experiment file and every file it ``extends``, nearest first: what its config depends on.
+    The DAG declares them all as inputs, so editing a shared base re-runs the stages built on it."""
+    return [file for file, _ in _chain(path)]
+
+
 def _apply_file(cfg: Config, path: Path, origins: dict[str, str] | None = None) -> None:
-    for file in reversed(config_files(path)):  # the farthest base first, the file itself last
-        data = _read_yaml(file)
-        data.pop("extends", None)
+    for file, data in reversed(_chain(path)):  # the farthest base first, the file itself last
         _merge(cfg, data, str(file.resolve()), origins=origins)
 
 

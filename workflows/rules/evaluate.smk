@@ -2,6 +2,7 @@
 # one or more METHOD:SCALES[:flip] settings.
 
 for _name, _ev in config["evaluate"].items():
+    _exp = _ev.get("experiment", config["train"][_ev["model"]]["experiment"])  # else the model's own
 
     rule:
         name:
@@ -9,8 +10,8 @@ for _name, _ev in config["evaluate"].items():
         input:
             prepared=prepared(_ev["dataset"]),
             model=model_file(_ev["model"]),
-            experiment=experiment(_ev.get("experiment", config["train"][_ev["model"]]["experiment"])),
-            bases=experiment_bases(_ev.get("experiment", config["train"][_ev["model"]]["experiment"])),
+            experiment=experiment(_exp),
+            bases=experiment_bases(_exp),
         output:
             metrics=f"{RESULTS}/{_name}/metrics.json",
             per_class=f"{RESULTS}/{_name}/per_class.csv",
