@@ -33,8 +33,8 @@ def _hostnames(nodelist: str) -> list[str]:
 def _job_nodes(job_id: str) -> list[str]:
     """The job's hosts in SLURM's order (rank 0 runs on the first). A job slurmctld still holds is asked of
     it: accounting learns of a job's start asynchronously through slurmdbd, and until then ``sacct`` says
-    "None assigned" for a running job (seen in CI: one host, an IndexError). An ended job is asked of
-    accounting, which has it by then."""
+    "None assigned" for a running job: one "host", the IndexError of a CI run (inferred from its traceback).
+    An ended job is asked of accounting, which has it by then."""
     live = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True).stdout.strip()
     if live:
         return _hostnames(live)
