@@ -29,7 +29,8 @@ def main_loss(kind: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Te
 
 def total_loss(out: dict, target: torch.Tensor, kind: str, aux_weight: float,
                scale_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """``out`` is what ``hmsa.models.multiscale.forward_train`` returns (all at input resolution)."""
+    """``out`` is what ``hmsa.models.multiscale.forward_train`` returns (fused and auxiliary logits at
+    the input resolution, per-scale logits at their own, upsampled here when supervised)."""
     loss = main_loss(kind, out["fused"], target)
     terms = {"loss/main": float(loss.detach())}
     if out.get("aux") is not None and aux_weight > 0:
@@ -38,6 +39,8 @@ def total_loss(out: dict, target: torch.Tensor, kind: str, aux_weight: float,
         terms["loss/aux"] = float(aux.detach())
     if scale_weight > 0 and len(out.get("per_scale") or {}) > 1:
         for scale, logits in out["per_scale"].items():
+            if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+                logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
             term = cross_entropy(logits, target)
             loss = loss + scale_weight * term
             terms[f"loss/scale_{scale:g}"] = float(term.detach())
