@@ -126,3 +126,28 @@ def expand_seeds(config: dict) -> dict:
             set(out["train"]) | set(out["autolabel"]) | set(out["evaluate"])) or clash:
         raise PipelineConfigError("stage names clash once seeds are added (a stage named like '<stage>_seed<N>'?)")
     return out
+
+
+def stage_priorities(config: dict) -> dict[str, int]:
+    """Snakemake ``priority`` of each training and auto-labelling stage of an expanded config: the number
+    of training stages on the longest chain that waits for it (``init`` or auto-labels). Snakemake
+    otherwise starts whichever ready job it likes: in the embedded run it trained Table 2's avg-pooling
+    baseline and Table 4's model while the teacher, on whose auto-labels three stages wait, stood
+    ready, and the run's tail was those three one after another on two cores."""
+    train, autolabel = config["train"], config.get("autolabel") or {}
+    waits_for: dict[str, list[str]] = {name: [] for name in (*train, *autolabel)}
+    for name, st in train.items():
+        for key in ("init", "autolabels"):
+            if st.get(key) in waits_for:
+                waits_for[st[key]].append(name)
+    for name, st in autolabel.items():
+        if st["teacher"] in waits_for:
+            waits_for[st["teacher"]].append(name)
+    depth: dict[str, int] = {}
+
+    def chain(name: str) -> int:  # training stages after ``name`` on its longest chain (the DAG is acyclic)
+        if name not in depth:
+            depth[name] = max((chain(d) + (d in train) for d in waits_for[name]), default=0)
+        return depth[name]
+
+    return {name: chain(name) for name in waits_for}

@@ -75,6 +75,24 @@ def test_seeds_expand_training_and_what_depends_on_it() -> None:
     assert out["evaluate"]["evaluate_table1_explicit_seed3"]["model"] == "table1_explicit_seed3"
 
 
+
+def test_stages_others_wait_for_get_priority_by_their_longest_chain() -> None:
+    """The teacher (auto-labels -> three stages) starts before Table 2's baselines; per seed alike."""
+    from hmsa.pipeline import expand_seeds, stage_priorities
+
+    cfg = copy.deepcopy(EMBEDDED)
+    cfg["seeds"] = [0, 1]
+    cfg["train"]["cityscapes_student"]["per_seed"] = False
+    prio = stage_priorities(expand_seeds(cfg))
+    for suffix in ("", "_seed1"):
+        # pre-training -> teacher -> (auto-labels) -> the auto-labelled stages: two training stages wait
+        assert prio["mapillary_pretrain" + suffix] == 2
+        assert prio["cityscapes_teacher" + suffix] == 1 and prio["autolabel" + suffix] == 1
+        for leaf in ("table2_avgpool_coarse", "table2_attention_autolabel", "table1_explicit"):
+            assert prio[leaf + suffix] == 0
+    assert prio["cityscapes_student"] == 0 and "cityscapes_student_seed1" not in prio
+    assert not set(prio) & set(expand_seeds(cfg)["evaluate"])  # evaluations keep Snakemake's default
+
 def test_dry_run_has_one_rule_instance_per_seed(tmp_path: Path) -> None:
     cfg = copy.deepcopy(EMBEDDED)
     cfg["seeds"] = [0, 1]

@@ -30,6 +30,8 @@ for _name, _st in config.get("autolabel", {}).items():
             **stage_resources(_name, "autolabel"),
         threads:
             stage_threads(_name, "autolabel")
+        priority:
+            PRIORITY[_name]
         log:
             f"{LOGS}/{_name}.log",
         shell:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hmsa.cluster import ClusterConfigError, load_cluster
 from hmsa.config import ConfigError, config_files
+from hmsa.pipeline import stage_priorities
 
 # The project root relative to the working directory ("." when Snakemake runs in the checkout): rule
 # params and inputs built from it hold no absolute path, so a checkout copied or moved elsewhere has
@@ -17,6 +18,9 @@ RUNS = config["runs"]
 REPORTS = config["reports"]
 LOGS = config.get("logs", "logs")  # each rule's log: <logs>/<stage>.log
 CLUSTER = os.path.normpath(ROOT / config["cluster"])
+# Training and auto-labelling stages that others wait for start first (the critical path: the teacher
+# before Table 2's baselines); see hmsa.pipeline.stage_priorities.
+PRIORITY = stage_priorities(config)
 
 # Shell commands find the `hmsa` script of the interpreter running Snakemake (the project's venv).
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")

@@ -38,6 +38,8 @@ for _name, _st in config["train"].items():
             **stage_resources(_name, "train"),
         threads:
             stage_threads(_name, "train")
+        priority:
+            PRIORITY[_name]
         log:
             f"{LOGS}/{_name}.log",
         shell:
