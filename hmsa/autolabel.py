@@ -54,11 +54,12 @@ def _stats(label: np.ndarray, num_classes: int) -> tuple[float, list[int]]:
 
 
 def _label_one(model: torch.nn.Module, image: torch.Tensor, method: str, scales: list[float], flip: bool,
-               threshold: float) -> np.ndarray:
-    from hmsa.models.multiscale import predict_multiscale
+               threshold: float, where: tuple[Path, str]) -> np.ndarray:
+    from hmsa.models.multiscale import predict_multiscale, require_finite
 
     with torch.no_grad():
-        logits = predict_multiscale(model, image[None], scales, method, flip=flip)
+        logits = require_finite(predict_multiscale(model, image[None], scales, method, flip=flip), *where,
+                                f"{method}:{','.join(f'{s:g}' for s in scales)}{':flip' if flip else ''}")
     return hard_labels(logits[0].cpu(), threshold).numpy()
 
 
@@ -168,7 +169,8 @@ def run_autolabel(root: Path, split: str, model_path: Path, out_dir: Path, manif
         path = label_path(out_dir, split, name)
         label = _reusable(path, made_by)
         if label is None:
-            label = _label_one(model, ds[i]["image"].to(dist.device), method, scales, flip, threshold)
+            label = _label_one(model, ds[i]["image"].to(dist.device), method, scales, flip, threshold,
+                               (Path(model_path), name))
             atomic_write(path, lambda tmp, arr=label: _save_label(tmp, arr, made_by))
         frac, pixels = _stats(label, c)
         shard_images[name] = {"labelled_fraction": frac, "class_pixels": pixels}

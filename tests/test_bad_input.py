@@ -94,6 +94,35 @@ def test_autolabel_corrupt_image_leaves_no_manifest(data: Path, tmp_path: Path,
     assert not manifest.exists()
 
 
+def _diverged_model(path: Path) -> Path:
+    """A model file whose output layer holds a NaN, as a run that diverged would leave."""
+    import torch
+
+    write_model(path, 19, CITYSCAPES_CLASSES)
+    state = torch.load(path, weights_only=True)
+    bias = next(k for k, v in state["model"].items() if k.endswith("bias") and v.shape == (19,))
+    state["model"][bias][3] = float("nan")
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["evaluate", "autolabel"])
+def test_diverged_model_is_one_line(command: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = _diverged_model(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    argv = [command, "--config", str(ROOT / "configs/experiments/tiny.yaml"), "--model", str(model),
+            "--out-dir", str(out)]
+    if command == "evaluate":
+        argv += ["--setting", "hierarchical:0.5,1", "eval.max_images=0", "eval.save_maps=0"]
+    else:
+        argv += ["--manifest", str(tmp_path / "manifest.json"), "autolabel.scales=[0.5,1.0]"]
+    argv.append(f"data.root={data / 'cityscapes'}")
+    err = _one_line_naming(capsys, main(argv), str(model))
+    assert "non-finite logits" in err
+    assert not (out / "metrics.json").exists() and not (tmp_path / "manifest.json").exists()
+    assert not list(out.rglob("*_gtCoarse_labelIds.png"))  # no auto-label made of NaN
+
+
 def _predictions(data: Path, out: Path) -> list[Path]:
     out.mkdir()
     preds = []

@@ -77,7 +77,7 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
     """Write ``out_dir/metrics.json`` and ``out_dir/per_class.csv``; return the metrics. With
     ``save_predictions``, also each image's prediction PNG (see ``prediction_path``)."""
     from hmsa import model_file
-    from hmsa.models.multiscale import predict_multiscale
+    from hmsa.models.multiscale import predict_multiscale, require_finite
 
     if not settings:
         raise BadInputError("evaluate: give at least one --setting")
@@ -101,7 +101,8 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
             sample = ds[i]
             image = sample["image"][None].to(dist.device)
             for s in settings:
-                logits = predict_multiscale(model, image, list(s.scales), s.method, flip=s.flip)
+                logits = require_finite(predict_multiscale(model, image, list(s.scales), s.method, flip=s.flip),
+                                        model_path, sample["name"], s.name)
                 pred = logits.argmax(1)[0].cpu()
                 confs[s.name] += confusion(pred, sample["label"], c)
                 if save_predictions is not None:

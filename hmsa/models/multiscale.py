@@ -163,6 +163,16 @@ def _scales_for(method: str, scales: list[float]) -> list[float]:
     return [1.0] if method == "single" else sorted(float(s) for s in scales)
 
 
+def require_finite(logits: torch.Tensor, model_path: object, image: str, setting: str) -> torch.Tensor:
+    """``logits`` unchanged, or a one-line error: a model whose weights ran away from its BatchNorm
+    running statistics (diverged, or trained far too briefly) overflows in eval mode, and NaN logits
+    would otherwise pass as class 0 everywhere (evaluation) or as "not sure" everywhere (auto-labels)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise BadInputError(f"{model_path}: non-finite logits on image {image} ({setting}): the model has "
+                            "diverged, or its BatchNorm statistics do not match its weights")
+    return logits
+
+
 def predict_multiscale(model: nn.Module, images: torch.Tensor, scales: list[float], method: str,
                        flip: bool = False) -> torch.Tensor:
     """N×C×H×W logits at the input resolution; with ``flip`` the mirrored prediction is averaged in."""
