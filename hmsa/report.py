@@ -200,7 +200,9 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list
         written += paths
         sections.append({"name": name, "title": title, "caption": caption, "df": df, "notes": notes,
                          "provenance": [line for line in prov if line]})
-    for extra in (_claims(pipeline, results, out, paper), _convergence(pipeline, results, out)):
+    extras = (_claims(pipeline, results, out, paper), _convergence(pipeline, results, out),
+              _autolabel(pipeline, results, out))
+    for extra in extras:
         if extra:
             written += extra[0]
             sections.append(extra[1])
@@ -223,6 +225,21 @@ def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], 
     atomic_write_text(paths[0], _markdown(title, caption, df, pipeline, notes))
     atomic_write_text(paths[1], df.to_csv(index=False))
     return paths, {"name": "convergence", "title": title, "caption": caption, "df": df, "notes": notes,
+                   "provenance": []}
+
+
+def _autolabel(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
+    """``autolabel.{md,csv}``: auto-labels and coarse labels against the truth (embedded data only)."""
+    from hmsa.report_autolabel import CAPTION, TITLE, autolabel_section
+
+    section = autolabel_section(pipeline, results)
+    if section is None:
+        return None
+    df, notes = section
+    paths = [out / "autolabel.md", out / "autolabel.csv"]
+    atomic_write_text(paths[0], _markdown(TITLE, CAPTION, df, pipeline, notes))
+    atomic_write_text(paths[1], df.to_csv(index=False))
+    return paths, {"name": "autolabel", "title": TITLE, "caption": CAPTION, "df": df, "notes": notes,
                    "provenance": []}
 
 
@@ -300,6 +317,12 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
             ours = df["ours mIoU"].dropna()
             if len(ours):
                 out["table4/miou"] = float(ours.iloc[-1])
+        elif name == "autolabel":  # the `all` row: coverage and accuracy of both sources
+            overall = df.set_index("class").loc["all"]
+            for col, key in (("coverage %", "coverage"), ("precision where both label %", "accuracy_both")):
+                for src in ("coarse", "auto"):
+                    if pd.notna(overall[f"{src} {col}"]):
+                        out[f"autolabel/{src}_{key}"] = float(overall[f"{src} {col}"])
     return out
 
 

@@ -34,6 +34,16 @@ def _metrics(rng: np.random.Generator, settings: list[str], run: str) -> dict:
     return {"dataset": "cityscapes", "split": "val", "images": 2, "settings": out, "mlflow_run_id": run}
 
 
+def _quality(rng: np.random.Generator) -> dict:
+    """A manifest's ``quality``: coarse labels right where they label, auto-labels denser and noisier."""
+    from hmsa.autolabel_quality import joint_counts, summarize
+
+    truth = rng.integers(0, 19, (16, 32))
+    coarse = np.where(rng.random(truth.shape) < 0.4, truth, 255)
+    auto = np.where(rng.random(truth.shape) < 0.8, np.where(rng.random(truth.shape) < 0.9, truth, 0), 255)
+    return summarize(joint_counts(truth, coarse, auto, 19), list(CITYSCAPES_CLASSES))
+
+
 def _results(tmp: Path, data: Path, pipeline: dict) -> Path:
     """metrics.json per evaluation (random numbers), Figure 3 grids, an auto-label stage, a train run."""
     from mlflow.tracking import MlflowClient
@@ -61,7 +71,8 @@ def _results(tmp: Path, data: Path, pipeline: dict) -> Path:
         Image.fromarray(rng.integers(0, 19, (64, 128), dtype=np.uint8)).save(
             labels / "train_extra" / f"{n}_gtCoarse_labelIds.png")
     atomic_write_json(results / "autolabel/manifest.json", {"split": "train_extra", "labels_dir": str(labels),
-                                                            "per_image": {n: 0.5 for n in names}})
+                                                            "per_image": {n: 0.5 for n in names},
+                                                            "quality": _quality(rng)})
     run = client.create_run(exp).info.run_id
     for step in range(1, 6):
         client.log_metric(run, "loss/total", 2.0 / step, step=step)
@@ -194,6 +205,53 @@ def test_latex_figures_index_and_parent_run(built: tuple) -> None:
     assert metrics["table2/row1_miou"] == pytest.approx(float(table2[0]["ours mIoU"]))
     assert metrics["table2/row4_gain"] == pytest.approx(float(table2[3]["ours gain"]))
     assert "table3/miou_present_classes" in metrics and "table3/miou_all_classes" not in metrics
+    # the auto-label section: its `all` row is the manifest's overall figures, and goes to the parent run
+    quality = json.loads((results / "autolabel/manifest.json").read_text())["quality"]["sources"]
+    with open(out / "autolabel.csv", newline="") as fh:
+        overall = {r["class"]: r for r in csv.DictReader(fh)}["all"]
+    for src, col in (("coarse", "coarse"), ("autolabel", "auto")):
+        assert float(overall[f"{col} coverage %"]) == pytest.approx(100 * quality[src]["coverage"], abs=0.005)
+        both = float(overall[f"{col} precision where both label %"])
+        assert both == pytest.approx(100 * quality[src]["accuracy_both"], abs=0.005)
+        assert metrics[f"autolabel/{col}_accuracy_both"] == pytest.approx(both)
+    assert float(overall["coarse precision %"]) == 100.0
+    page = (out / "index.html").read_text()
+    assert "Auto-labels" in page and "1 model(s)) on the" in page
+
+
+def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -> None:
+    """Per-seed auto-labels pool into one table (their joint counts add up); the teacher line gives every
+    setting of the teacher's evaluations as mean ± std over its seeds; real data (no truth): no section."""
+    from hmsa.autolabel_quality import from_cells, summarize
+    from hmsa.pipeline import expand_seeds
+    from hmsa.report_autolabel import autolabel_section
+
+    pipeline = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
+    pipeline["seeds"] = [0, 1]
+    pipeline = expand_seeds(pipeline)
+    rng = np.random.default_rng(3)
+    qualities = [_quality(rng) for _ in range(2)]
+    stages = list(pipeline["autolabel"])  # seed 0's keeps the stage's name
+    for stage, q in zip(stages, qualities, strict=True):
+        atomic_write_json(tmp_path / stage / "manifest.json", {"quality": q})
+    evaluations = pipeline["seed_runs"]["evaluate_table2_attention_coarse"]
+    settings = pipeline["evaluate"][evaluations[0]]["settings"]
+    assert "single:1" in settings  # the teacher's single-scale mIoU is measured in every run
+    for evaluation, miou in zip(evaluations, ([0.60, 0.50], [0.62, 0.54]), strict=True):
+        atomic_write_json(tmp_path / evaluation / "metrics.json",
+                          {"split": "val", "images": 4, "settings": {
+                              parse_setting(s).name: {"miou": m} for s, m in zip(settings, miou, strict=True)}})
+    df, notes = autolabel_section(pipeline, tmp_path)
+    pooled = summarize(sum(from_cells(q["joint_counts"], 19) for q in qualities), list(CITYSCAPES_CLASSES))
+    overall = df.set_index("class").loc["all"]
+    assert overall["auto labelled px"] == pooled["sources"]["autolabel"]["labelled"]
+    assert overall["auto precision %"] == pytest.approx(100 * pooled["sources"]["autolabel"]["accuracy"], abs=0.005)
+    assert len(df) == 20 and df["class"].iloc[0] == "road"
+    teacher = notes[-1]
+    assert teacher.startswith("The teacher (`cityscapes_teacher`, `cityscapes_teacher_seed1`, 2 model(s))")
+    assert "`single:1` 52.00 ± 2.83" in teacher and "`hierarchical:0.5,1,2:flip` 61.00 ± 1.41" in teacher
+    atomic_write_json(tmp_path / stages[1] / "manifest.json", {"split": "train_extra"})
+    assert autolabel_section(pipeline, tmp_path) is None
 
 
 def test_seeds_aggregate_and_claims_verdicts(tmp_path: Path) -> None:

@@ -69,9 +69,10 @@ def test_every_table_and_figure_renders_and_every_image_loads(built: tuple, tmp_
             assert int(img["data-natural-width"]) == png.width, img["data-file"]
         assert img["data-loaded"] == "1"
     titles = " | ".join(page.texts["h2"])
-    for t in ("Table 1", "Table 2", "Table 3: per-class IoU, ours on", "Table 4", "Claims", "Convergence", "Figures"):
+    for t in ("Table 1", "Table 2", "Table 3: per-class IoU, ours on", "Table 4", "Claims", "Convergence",
+              "Auto-labels", "Figures"):
         assert t in titles
-    assert len(page.texts["table"]) == 6  # tables 1-4, claims, convergence
+    assert len(page.texts["table"]) == 7  # tables 1-4, claims, convergence, auto-labels
     captions = " | ".join(page.texts["figcaption"])
     assert all(f"Figure {n}" in captions for n in (3, 4, 5)) and "Training curves" in captions
 

@@ -1,0 +1,108 @@
+"""The report's auto-label section (section 4, Figure 4): how good the teacher's auto-labels are beside
+the original coarse labels they replace, measured against the true labels of the coarse images (the
+manifests' ``quality``, which only the embedded dataset has), and how good the teacher that made them is
+(its evaluations, every setting they ran, e.g. single scale and {0.5,1,2} + flip)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hmsa.autolabel_quality import SOURCES, from_cells, quality_frame, summarize
+from hmsa.claims import mean_std
+from hmsa.evaluation.settings import parse_setting
+from hmsa.io import read_json
+
+TITLE = "Auto-labels"
+CAPTION = "Auto-labels and the original coarse labels against the true labels of the coarse images"
+_SOURCE_NAMES = {"coarse": "coarse", "autolabel": "auto"}
+_METRIC_NAMES = {"labelled": "labelled px", "precision": "precision %", "recall": "recall %",
+                 "precision_both": "precision where both label %", "recall_both": "recall where both label %",
+                 "coverage": "coverage %"}
+
+
+def _pooled(pipeline: dict, results: Path) -> tuple[dict[str, Any], list[str]] | None:
+    """The quality of every auto-labelling stage's labels (one per seed), pooled: their joint pixel
+    counts add up (every seed's teacher labels the same images), so each figure is over all of them."""
+    stages = list(pipeline.get("autolabel") or {})
+    total, names = None, None
+    for stage in stages:
+        quality = read_json(Path(results) / stage / "manifest.json").get("quality")
+        if not quality:  # real data: nobody knows the truth of the coarse images
+            return None
+        names = quality["classes"]
+        counts = from_cells(quality["joint_counts"], len(names))
+        total = counts if total is None else total + counts
+    if total is None or names is None:
+        return None
+    return summarize(np.asarray(total), names), stages
+
+
+def _teacher_lines(pipeline: dict, results: Path) -> list[str]:
+    """One line per auto-labelling teacher: its mIoU in every setting of its evaluations (mean ± std over
+    the per-seed teachers)."""
+    autolabel = pipeline.get("autolabel") or {}
+    teachers = list(dict.fromkeys(st["teacher"] for st in autolabel.values()))
+    by_setting: dict[str, list[float]] = {}
+    split = ""
+    for name, ev in (pipeline.get("evaluate") or {}).items():
+        if ev["model"] not in teachers:
+            continue
+        metrics = read_json(Path(results) / name / "metrics.json")
+        split = f"`{metrics['split']}` split, {metrics['images']} images"
+        for setting in ev["settings"]:
+            s = metrics["settings"][parse_setting(setting).name]
+            by_setting.setdefault(setting, []).append(100 * s["miou"])
+    if not by_setting:
+        return []
+    parts = []
+    for setting, values in by_setting.items():
+        m, s = mean_std(values)
+        parts.append(f"`{setting}` {m:.2f}" + ("" if s is None else f" ± {s:.2f}"))
+    who = ", ".join(f"`{t}`" for t in teachers)
+    return [f"The teacher ({who}, {len(next(iter(by_setting.values())))} model(s)) on the {split}: "
+            + "; ".join(parts) + " mIoU."]
+
+
+def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list[str]] | None:
+    """The table (one row per class and a last row ``all``) and its notes; None without ``quality``."""
+    pooled = _pooled(pipeline, results)
+    if pooled is None:
+        return None
+    quality, stages = pooled
+    frame = quality_frame(quality).reset_index()
+    ratios = [c for c in frame.columns if not c.endswith(("labelled", "true_pixels")) and c != "class"]
+    frame[ratios] = (100 * frame[ratios]).round(2)
+
+    def rename(col: str) -> str:
+        for src in SOURCES:
+            if col.startswith(src + "_"):
+                return f"{_SOURCE_NAMES[src]} {_METRIC_NAMES[col[len(src) + 1:]]}"
+        return {"true_pixels": "true px"}.get(col, col)
+
+    frame = frame.rename(columns=rename)
+    src = quality["sources"]
+    coarse, auto = src["coarse"], src["autolabel"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f} %"
+
+    both = quality["both"]["fraction"]
+    notes = [
+        f"Stages: {', '.join(f'`{s}`' for s in stages)}, pooled ({quality['pixels']} pixels of the coarse split). "
+        "Truth: the generator's true labels of the coarse images.",
+        f"Coverage: the auto-labels label {pct(auto['coverage'])} of the pixels, the coarse labels "
+        f"{pct(coarse['coverage'])}. Pixel accuracy where each labels: auto-labels {pct(auto['accuracy'])}, "
+        f"coarse {pct(coarse['accuracy'])}; on the pixels both label ({pct(both)} of all): auto-labels "
+        f"{pct(auto['accuracy_both'])}, coarse {pct(coarse['accuracy_both'])}.",
+        "Per class: precision = of the pixels labelled with the class (and a known truth), the share truly it; "
+        "recall = of the class's true pixels, the share labelled with it (unlabelled ones are misses); in row "
+        "`all`, precision is the pixel accuracy. The generator draws each coarse polygon inside one element and "
+        "cuts it around thin things (gtCoarse's rule: one class per polygon), so its coarse labels are right "
+        "wherever they label; what auto-labels can add is coverage, above all of the classes it leaves out.",
+        *_teacher_lines(pipeline, results),
+    ]
+    return frame, notes
