@@ -20,7 +20,7 @@ TITLE = "Auto-labels"
 CAPTION = "Auto-labels and the original coarse labels against the true labels of the coarse images"
 _SOURCE_NAMES = {"coarse": "coarse", "autolabel": "auto"}
 _METRIC_NAMES = {"labelled": "labelled px", "precision": "precision %", "recall": "recall %",
-                 "precision_both": "precision where both label %", "recall_both": "recall where both label %",
+                 "precision_both": "precision where both label %",
                  "coverage": "coverage %"}
 
 
@@ -83,7 +83,8 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
                 return f"{_SOURCE_NAMES[src]} {_METRIC_NAMES[col[len(src) + 1:]]}"
         return {"true_pixels": "true px"}.get(col, col)
 
-    frame = frame.rename(columns=rename)
+    # recall on the pixels both label says little (both must label a pixel for it to count): left out
+    frame = frame.drop(columns=[c for c in frame.columns if c.endswith("_recall_both")]).rename(columns=rename)
     src = quality["sources"]
     coarse, auto = src["coarse"], src["autolabel"]
 
@@ -103,6 +104,8 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
         "`all`, precision is the pixel accuracy. The generator draws each coarse polygon inside one element and "
         "cuts it around thin things (gtCoarse's rule: one class per polygon), so its coarse labels are right "
         "wherever they label; what auto-labels can add is coverage, above all of the classes it leaves out.",
+        "—: nothing to count (no pixel labelled with that class, by one source or by both); coverage is "
+        "given for all classes together only.",
         *_teacher_lines(pipeline, results),
     ]
     return frame, notes
