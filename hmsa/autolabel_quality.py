@@ -11,7 +11,9 @@ Definitions, per source (coarse, autolabel):
 - ``coverage``: labelled pixels / all pixels;
 - ``accuracy``: correct / labelled pixels whose truth is not ignore; ``recall``: correct / true pixels;
 - per class c: ``labelled`` (pixels labelled c), ``precision`` (of those with a known truth, the share
-  truly c), ``recall`` (of the true c pixels, the share labelled c; unlabelled ones count as misses);
+  truly c), ``recall`` (of the true c pixels, the share labelled c; unlabelled ones count as misses),
+  ``mislabelled`` (of the true c pixels, the share labelled as ANOTHER class: what teaches a model trained
+  on these labels to erase c — e.g. a pole labelled as the building behind it);
 - ``*_both``: the same on the pixels that BOTH sources label.
 A ratio with a zero denominator is ``None``.
 """
@@ -71,10 +73,12 @@ def _source(counts: np.ndarray, source: str, names: list[str]) -> dict[str, Any]
         per_class[name] = {
             "true": int(m[c].sum()), "labelled": int(m[:, c].sum()),
             "precision": _ratio(m[c, c], m[:k, c].sum()), "recall": _ratio(m[c, c], m[c].sum()),
+            "mislabelled": _ratio(m[c, :k].sum() - m[c, c], m[c].sum()),
             "precision_both": _ratio(b[c, c], b[:k, c].sum()), "recall_both": _ratio(b[c, c], b[c].sum())}
     correct, correct_both = np.trace(m[:k, :k]), np.trace(b[:k, :k])
     return {"labelled": int(m[:, :k].sum()), "coverage": _ratio(m[:, :k].sum(), m.sum()),
             "accuracy": _ratio(correct, m[:k, :k].sum()), "recall": _ratio(correct, m[:k].sum()),
+            "mislabelled": _ratio(m[:k, :k].sum() - correct, m[:k].sum()),
             "accuracy_both": _ratio(correct_both, b[:k].sum()), "recall_both": _ratio(correct_both, b[:k].sum()),
             "per_class": per_class}
 
@@ -92,13 +96,13 @@ def summarize(counts: np.ndarray, class_names: list[str]) -> dict[str, Any]:
             "joint_counts": to_cells(counts)}
 
 
-METRICS = ("labelled", "precision", "recall", "precision_both", "recall_both")
+METRICS = ("labelled", "precision", "recall", "mislabelled", "precision_both", "recall_both")
 
 
 def quality_frame(quality: dict[str, Any]) -> Any:
     """A manifest's ``quality`` as a pandas DataFrame: one row per class and a last row ``all``;
     columns ``true_pixels``, then ``<source>_<metric>`` for metric in labelled, precision, recall,
-    precision_both, recall_both and source in coarse, autolabel (coarse beside auto-label), then
+    mislabelled, precision_both, recall_both and source in coarse, autolabel (coarse beside auto-label), then
     ``<source>_coverage`` (``all`` row only). In the ``all`` row, precision is the pixel accuracy."""
     import pandas as pd
 
@@ -112,7 +116,8 @@ def quality_frame(quality: dict[str, Any]) -> Any:
                 row[f"{s}_{metric}"] = sources[s]["per_class"][name][metric]
         rows.append(row)
     overall: dict[str, Any] = {"class": "all", "true_pixels": quality["true_pixels"]}
-    for metric, key in zip(METRICS, ("labelled", "accuracy", "recall", "accuracy_both", "recall_both"), strict=True):
+    overall_keys = ("labelled", "accuracy", "recall", "mislabelled", "accuracy_both", "recall_both")
+    for metric, key in zip(METRICS, overall_keys, strict=True):
         for s in SOURCES:
             overall[f"{s}_{metric}"] = sources[s][key]
     for s in SOURCES:
@@ -120,6 +125,6 @@ def quality_frame(quality: dict[str, Any]) -> Any:
     rows.append(overall)
     frame = pd.DataFrame(rows).set_index("class")
     # None -> NaN in the ratio columns; pixel counts stay integers
-    ratios = [c for c in frame.columns if not c.endswith(("labelled", "true_pixels"))]
+    ratios = [c for c in frame.columns if not c.endswith(("_labelled", "true_pixels"))]
     frame[ratios] = frame[ratios].astype(float)
     return frame

@@ -20,6 +20,7 @@ TITLE = "Auto-labels"
 CAPTION = "Auto-labels and the original coarse labels against the true labels of the coarse images"
 _SOURCE_NAMES = {"coarse": "coarse", "autolabel": "auto"}
 _METRIC_NAMES = {"labelled": "labelled px", "precision": "precision %", "recall": "recall %",
+                 "mislabelled": "mislabelled %",
                  "precision_both": "precision where both label %",
                  "coverage": "coverage %"}
 
@@ -74,7 +75,7 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
         return None
     quality, stages = pooled
     frame = quality_frame(quality).reset_index()
-    ratios = [c for c in frame.columns if not c.endswith(("labelled", "true_pixels")) and c != "class"]
+    ratios = [c for c in frame.columns if not c.endswith(("_labelled", "true_pixels")) and c != "class"]
     frame[ratios] = (100 * frame[ratios]).round(2)
 
     def rename(col: str) -> str:
@@ -100,7 +101,9 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
         f"coarse {pct(coarse['accuracy'])}; on the pixels both label ({pct(both)} of all): auto-labels "
         f"{pct(auto['accuracy_both'])}, coarse {pct(coarse['accuracy_both'])}.",
         "Per class: precision = of the pixels labelled with the class (and a known truth), the share truly it; "
-        "recall = of the class's true pixels, the share labelled with it (unlabelled ones are misses); in row "
+        "recall = of the class's true pixels, the share labelled with it (unlabelled ones are misses); "
+        "mislabelled = of the class's true pixels, the share labelled as another class (a model trained on the "
+        "labels learns to paint that class over: a pole labelled as the building behind it); in row "
         "`all`, precision is the pixel accuracy. The generator draws each coarse polygon inside one element and "
         "cuts it around thin things (gtCoarse's rule: one class per polygon), so its coarse labels are right "
         "wherever they label; what auto-labels can add is coverage, above all of the classes it leaves out.",

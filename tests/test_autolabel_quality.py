@@ -39,9 +39,11 @@ def test_per_class_numbers_by_hand() -> None:
     coarse = _quality()["sources"]["coarse"]["per_class"]
     auto = _quality()["sources"]["autolabel"]["per_class"]
     assert coarse["b"] == {"true": 3, "labelled": 2, "precision": 1.0, "recall": pytest.approx(1 / 3),
-                           "precision_both": 1.0, "recall_both": 1.0}
-    assert auto["a"] == {"true": 2, "labelled": 3, "precision": 0.5, "recall": 0.5,
+                           "mislabelled": 0.0, "precision_both": 1.0, "recall_both": 1.0}
+    assert auto["a"] == {"true": 2, "labelled": 3, "precision": 0.5, "recall": 0.5, "mislabelled": 0.5,
                          "precision_both": 0.5, "recall_both": 1.0}  # 1 of 3 has no truth
+    # mislabelled: true b pixels the auto-labels call a (1 of 3); the coarse labels leave them unlabelled
+    assert auto["b"]["mislabelled"] == pytest.approx(1 / 3) and coarse["a"]["mislabelled"] == 0.0
     assert auto["b"]["precision"] == pytest.approx(2 / 3) and auto["b"]["recall"] == pytest.approx(2 / 3)
     # in the both-set auto-labels say b only where the truth is ignore: no precision, and miss the true b
     assert auto["b"]["precision_both"] is None and auto["b"]["recall_both"] == 0.0
@@ -72,6 +74,9 @@ def test_quality_frame() -> None:
     assert list(frame.columns[:5]) == ["true_pixels", "coarse_labelled", "autolabel_labelled",
                                        "coarse_precision", "autolabel_precision"]
     assert frame.loc["all", "autolabel_precision"] == pytest.approx(5 / 7)  # the pixel accuracy
+    assert frame.loc["all", "autolabel_mislabelled"] == pytest.approx(2 / 7)
+    assert frame.loc["all", "coarse_mislabelled"] == 0
+    assert frame.loc["b", "autolabel_mislabelled"] == pytest.approx(1 / 3)
     assert frame.loc["all", "coarse_coverage"] == 0.5 and math.isnan(frame.loc["a", "coarse_coverage"])
     assert math.isnan(frame.loc["b", "autolabel_precision_both"])
     assert frame.loc["b", "coarse_labelled"] == 2 and frame["true_pixels"].tolist() == [2, 3, 2, 7]

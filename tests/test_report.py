@@ -246,6 +246,8 @@ def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -
     overall = df.set_index("class").loc["all"]
     assert overall["auto labelled px"] == pooled["sources"]["autolabel"]["labelled"]
     assert overall["auto precision %"] == pytest.approx(100 * pooled["sources"]["autolabel"]["accuracy"], abs=0.005)
+    for metric in ("mislabelled", "coverage"):  # every ratio in percent
+        assert overall[f"auto {metric} %"] == pytest.approx(100 * pooled["sources"]["autolabel"][metric], abs=0.005)
     assert len(df) == 20 and df["class"].iloc[0] == "road"
     teacher = notes[-1]
     assert teacher.startswith("The teacher (`cityscapes_teacher`, `cityscapes_teacher_seed1`, 2 model(s))")
