@@ -90,11 +90,12 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
     coarse, auto = src["coarse"], src["autolabel"]
 
     def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f} %"
+        return "n/a" if v is None else f"{100 * v:.3f} %"  # 3 decimals: 99.9993 must not print as 100
 
     both = quality["both"]["fraction"]
     notes = [
-        f"Stages: {', '.join(f'`{s}`' for s in stages)}, pooled ({quality['pixels']} pixels of the coarse split). "
+        f"Stages: {', '.join(f'`{s}`' for s in stages)}, pooled ({quality['pixels']} pixels: the coarse split once "
+        "per stage). "
         "Truth: the generator's true labels of the coarse images.",
         f"Coverage: the auto-labels label {pct(auto['coverage'])} of the pixels, the coarse labels "
         f"{pct(coarse['coverage'])}. Pixel accuracy where each labels: auto-labels {pct(auto['accuracy'])}, "
