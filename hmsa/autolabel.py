@@ -55,11 +55,12 @@ def _stats(label: np.ndarray, num_classes: int) -> tuple[float, list[int]]:
 
 def _label_one(model: torch.nn.Module, image: torch.Tensor, method: str, scales: list[float], flip: bool,
                threshold: float, where: tuple[Path, str]) -> np.ndarray:
+    from hmsa.evaluation.settings import Setting
     from hmsa.models.multiscale import predict_multiscale, require_finite
 
     with torch.no_grad():
         logits = require_finite(predict_multiscale(model, image[None], scales, method, flip=flip), *where,
-                                f"{method}:{','.join(f'{s:g}' for s in scales)}{':flip' if flip else ''}")
+                                Setting(method, tuple(scales), flip).spec)
     return hard_labels(logits[0].cpu(), threshold).numpy()
 
 

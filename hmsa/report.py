@@ -220,12 +220,8 @@ def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], 
     notes = [RULE,
              f"{flat} of {len(df)} training stages flat. Loss: the logged per-batch training loss (all terms).",
              *text.dash_notes(df)]
-    title, caption = "Convergence", "Training loss over the last fifth of each training stage"
-    paths = [out / "convergence.md", out / "convergence.csv"]
-    atomic_write_text(paths[0], _markdown(title, caption, df, pipeline, notes))
-    atomic_write_text(paths[1], df.to_csv(index=False))
-    return paths, {"name": "convergence", "title": title, "caption": caption, "df": df, "notes": notes,
-                   "provenance": []}
+    return _section(out, "convergence", "Convergence", "Training loss over the last fifth of each training stage",
+                    df, pipeline, notes)
 
 
 def _autolabel(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
@@ -235,12 +231,7 @@ def _autolabel(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], di
     section = autolabel_section(pipeline, results)
     if section is None:
         return None
-    df, notes = section
-    paths = [out / "autolabel.md", out / "autolabel.csv"]
-    atomic_write_text(paths[0], _markdown(TITLE, CAPTION, df, pipeline, notes))
-    atomic_write_text(paths[1], df.to_csv(index=False))
-    return paths, {"name": "autolabel", "title": TITLE, "caption": CAPTION, "df": df, "notes": notes,
-                   "provenance": []}
+    return _section(out, "autolabel", TITLE, CAPTION, section[0], pipeline, section[1])
 
 
 def _claims(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list[Path], dict] | None:
@@ -254,11 +245,16 @@ def _claims(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list
              "Verdict: holds = mean > 0 and larger than one standard deviation; contradicted = mean < 0 and "
              "larger than one standard deviation; within noise otherwise. With one seed the sign decides.",
              *text.dash_notes(df)]
-    title, caption = "Claims", "The paper's findings, checked on this run"
-    paths = [out / "claims.md", out / "claims.csv"]
+    return _section(out, "claims", "Claims", "The paper's findings, checked on this run", df, pipeline, notes)
+
+
+def _section(out: Path, name: str, title: str, caption: str, df: pd.DataFrame, pipeline: dict,
+             notes: list[str]) -> tuple[list[Path], dict]:
+    """``<name>.{md,csv}`` of a section that is not one of the paper's tables, and its entry for the page."""
+    paths = [out / f"{name}.md", out / f"{name}.csv"]
     atomic_write_text(paths[0], _markdown(title, caption, df, pipeline, notes))
     atomic_write_text(paths[1], df.to_csv(index=False))
-    return paths, {"name": "claims", "title": title, "caption": caption, "df": df, "notes": notes, "provenance": []}
+    return paths, {"name": name, "title": title, "caption": caption, "df": df, "notes": notes, "provenance": []}
 
 
 FIGURES = {  # caption: the report_figures function drawing it

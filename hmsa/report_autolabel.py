@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from hmsa.autolabel_quality import SOURCES, from_cells, quality_frame, summarize
@@ -37,9 +36,9 @@ def _pooled(pipeline: dict, results: Path) -> tuple[dict[str, Any], list[str]] |
         names = quality["classes"]
         counts = from_cells(quality["joint_counts"], len(names))
         total = counts if total is None else total + counts
-    if total is None or names is None:
+    if total is None or names is None:  # no auto-labelling stage
         return None
-    return summarize(np.asarray(total), names), stages
+    return summarize(total, names), stages
 
 
 def _teacher_lines(pipeline: dict, results: Path) -> list[str]:

@@ -102,7 +102,7 @@ def run_evaluation(dataset: str, root: Path, split: str, model_path: Path, setti
             image = sample["image"][None].to(dist.device)
             for s in settings:
                 logits = require_finite(predict_multiscale(model, image, list(s.scales), s.method, flip=s.flip),
-                                        model_path, sample["name"], s.name)
+                                        model_path, sample["name"], s.spec)
                 pred = logits.argmax(1)[0].cpu()
                 confs[s.name] += confusion(pred, sample["label"], c)
                 if save_predictions is not None:
