@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hmsa.data import build_dataset, synth
+from hmsa.data import build_dataset, scenes, synth
 from hmsa.data.cityscapes import CityscapesDataset
 from hmsa.data.labels import cityscapes_classes, cityscapes_label_to_train_lut, cityscapes_train_to_label_lut
 from hmsa.data.synth import generate
@@ -57,7 +57,7 @@ def test_every_class_many_times_in_the_default_val_split() -> None:
     effects of half a point: no class scores 0 for lack of examples)."""
     n = synth.DEFAULT_CITYSCAPES["val"]
     assert n >= 32 and synth.DEFAULT_CITYSCAPES.get("test", 0) > 0
-    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    lut = synth._lut(scenes.CITYSCAPES_IDS, 0)
     images = np.zeros(19, int)
     pixels = np.zeros(19, int)
     for i in range(n):
@@ -73,11 +73,11 @@ def test_every_scene_class_has_an_official_id() -> None:
     """Abstract classes -> Cityscapes labelIds covering the 19 trainIds, and -> Mapillary v1.2 indices."""
     from hmsa.data.labels import MAPILLARY_V12_NAMES
 
-    train_ids = set(_train_ids(np.array(list(synth.CITYSCAPES_IDS.values()), np.uint8)).tolist())
+    train_ids = set(_train_ids(np.array(list(scenes.CITYSCAPES_IDS.values()), np.uint8)).tolist())
     assert train_ids - {255} == set(range(19))
-    assert set(synth.CITYSCAPES_IDS) == set(synth.MAPILLARY_IDS)
-    assert all(0 <= i < 65 for i in synth.MAPILLARY_IDS.values())
-    riders = {MAPILLARY_V12_NAMES[synth.MAPILLARY_IDS[c]] for c in (synth.BICYCLIST, synth.MOTORCYCLIST)}
+    assert set(scenes.CITYSCAPES_IDS) == set(scenes.MAPILLARY_IDS)
+    assert all(0 <= i < 65 for i in scenes.MAPILLARY_IDS.values())
+    riders = {MAPILLARY_V12_NAMES[scenes.MAPILLARY_IDS[c]] for c in (scenes.BICYCLIST, scenes.MOTORCYCLIST)}
     assert riders == {"human--rider--bicyclist", "human--rider--motorcyclist"}
 
 
@@ -112,7 +112,7 @@ THIN_IDS = (17, 19, 20, 33)  # pole, traffic light, traffic sign, bicycle
 
 
 def _coarse_and_truth(n: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
-    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    lut = synth._lut(scenes.CITYSCAPES_IDS, 0)
     return [(coarse, lut[cls]) for cls, _, coarse in
             (synth.scene(0, "cityscapes", "train_extra", i) for i in range(n))]
 
@@ -160,7 +160,7 @@ def test_truth_of_the_coarse_images_is_outside_the_root(embedded_data: Path) -> 
     assert {p.name for p in root.iterdir()} == {"leftImg8bit", "gtFine", "gtCoarse"}  # the official layout
     images = sorted((root / "leftImg8bit/train_extra").rglob("*_leftImg8bit.png"))
     assert len(images) == 3
-    lut = synth._lut(synth.CITYSCAPES_IDS, 0)
+    lut = synth._lut(scenes.CITYSCAPES_IDS, 0)
     for img in images:
         city, stem = img.parent.name, img.name[: -len("_leftImg8bit.png")]
         truth = embedded_data / "truth/cityscapes/train_extra" / city / f"{stem}_gtFine_labelIds.png"
