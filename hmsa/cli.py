@@ -214,15 +214,16 @@ def _cmd_plots(a: argparse.Namespace) -> int:
 
 
 def _cmd_track(a: argparse.Namespace) -> int:
-    from hmsa import tracking, tracking_parent, tracking_sender
+    from hmsa import tracking
+    from hmsa.tracking import parent, sender
 
     if a.invocation:  # checked even with tracking off: a bad id is a bad command line either way
-        tracking_parent.check_invocation(a.invocation, "--invocation")
+        parent.check_invocation(a.invocation, "--invocation")
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return 0
     left: list[str] = []
     if a.sync:
-        done = tracking_sender.sync(a.sync)
+        done = sender.sync(a.sync)
         left = [run for run, ok in done.items() if not ok]
         if done:  # silent when nothing was held back (the usual case)
             print(f"MLflow: sent the pending logs of {len(done) - len(left)} run(s)"
@@ -231,7 +232,7 @@ def _cmd_track(a: argparse.Namespace) -> int:
         if not a.experiment:
             raise BadInputError("track: --invocation needs --experiment")
         exp_id = tracking.ensure_experiment(a.experiment)
-        run_id = tracking_parent.get_or_create_parent(a.invocation, exp_id, {})
+        run_id = parent.get_or_create_parent(a.invocation, exp_id, {})
         tracking.finish_run(run_id, a.status)
     return 1 if left else 0
 

@@ -276,7 +276,7 @@ def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | N
     pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
     results, out = Path(results), Path(out)
     if runs is not None and os.environ.get("HMSA_TRACKING", "1") != "0":
-        from hmsa.tracking_sender import sync
+        from hmsa.tracking.sender import sync
 
         sync([Path(runs)])  # the curves below read MLflow: send what an outage held back first
     written, sections = _tables(pipeline, results, out, paper_tables())
@@ -324,15 +324,16 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
 
 def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | None = None) -> None:
     """The report goes to the parent run of this pipeline invocation (Snakemake sets the id), and the
-    tables' headline numbers become its metrics (``hmsa.tracking_parent.log_parent_metrics``)."""
-    from hmsa import tracking, tracking_parent
+    tables' headline numbers become its metrics (``hmsa.tracking.parent.log_parent_metrics``)."""
+    from hmsa import tracking
+    from hmsa.tracking.parent import get_or_create_parent, log_parent_metrics
 
     invocation = os.environ.get(tracking.ENV_INVOCATION, "")
     if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
         return
     try:
         exp = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
-        parent = tracking_parent.get_or_create_parent(invocation, exp, {})
+        parent = get_or_create_parent(invocation, exp, {})
     except Exception as exc:  # noqa: BLE001 - the report files are the product; MLflow is a copy
         log.warning("report not logged to MLflow (server unreachable?): %s", exc)
         return
@@ -343,7 +344,7 @@ def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | Non
     tracker.close()
     if metrics:
         try:
-            tracking_parent.log_parent_metrics(metrics, run_id=parent)
+            log_parent_metrics(metrics, run_id=parent)
         except Exception as exc:  # noqa: BLE001 - as above: MLflow holds a copy
             log.warning("table metrics not logged to the parent run: %s", exc)
 

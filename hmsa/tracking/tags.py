@@ -1,6 +1,6 @@
 """What ties an MLflow run to the code, data and job that made it: the tags, computed without MLflow.
 
-Kept apart from ``hmsa.tracking`` so that these facts can be read (and tested) without importing
+Kept apart from the trackers (``hmsa.tracking``) so that these facts can be read (and tested) without importing
 MLflow, and so that each is computed in one place: the git tags when a run is created, the data
 versions when a stage starts, the job id where the job runs.
 """

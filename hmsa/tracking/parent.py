@@ -16,7 +16,7 @@ from typing import Any
 from hmsa import tracking
 from hmsa.errors import BadInputError
 from hmsa.io import file_lock, pid_running
-from hmsa.tracking_provenance import git_tags
+from hmsa.tracking.tags import git_tags
 
 log = logging.getLogger("hmsa.tracking")
 

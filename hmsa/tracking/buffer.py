@@ -160,7 +160,7 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
             elif op.get("op") in ("create", "create_stage"):
                 try:
                     if op["op"] == "create_stage":
-                        from hmsa.tracking_sender import create_deferred_stage_run
+                        from hmsa.tracking.sender import create_deferred_stage_run
 
                         run_id, experiment = create_deferred_stage_run(client, op)
                         atomic_write_text(path.with_suffix(".experiment"), experiment)
