@@ -191,7 +191,7 @@ def _cmd_estimate(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from hmsa.report import build_report
+    from hmsa.reporting.report import build_report
 
     paths = build_report(a.pipeline_config, a.results, a.out, a.runs)
     print(f"report written: {', '.join(str(p) for p in paths)}")
@@ -199,7 +199,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from hmsa.compare import compare
+    from hmsa.reporting.compare import compare
 
     print(compare(a.run_a, a.run_b, a.out, a.setting, a.experiment))
     return 0

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from hmsa.compare import label
 from hmsa.errors import BadInputError
 from hmsa.evaluation.settings import Setting, parse_setting
 from hmsa.io import atomic_write_json, atomic_write_text
+from hmsa.reporting.compare import label
 
 DVC_METRICS = "dvc_metrics.json"
 PLOTS_DIR = "per_class"

@@ -22,8 +22,8 @@ import yaml
 
 from hmsa import versioning
 from hmsa.cli import main
-from hmsa.compare import setting_of
 from hmsa.dvc_outputs import write_dvc_metrics
+from hmsa.reporting.compare import setting_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

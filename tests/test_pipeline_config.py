@@ -164,7 +164,7 @@ def test_run_summary_reads_the_tables_headline_numbers(tmp_path: Path, monkeypat
     import json
 
     from hmsa.pipeline import expand_seeds
-    from hmsa.run_summary import summary
+    from hmsa.reporting.run_summary import summary
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

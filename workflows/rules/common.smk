@@ -162,7 +162,7 @@ def close_tracking(status):
 
 def print_summary():
     """The run's last lines: each table's headline mIoU, where the report and the MLflow UI are."""
-    from hmsa.run_summary import summary
+    from hmsa.reporting.run_summary import summary
 
     try:
         print(summary(config, RESULTS, REPORTS), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Tables 1-4 of the paper rebuilt from the evaluations' metrics files: each row's gain over the table's
 baseline beside the paper's gain for the same rows, then the absolute mIoU of both, and the MLflow run
-behind each cell (Markdown, CSV, LaTeX); the figures (``hmsa.report_figures``); one HTML page with all of
-it (``hmsa.report_html``); an index; all of it also logged to the pipeline's MLflow parent run."""
+behind each cell (Markdown, CSV, LaTeX); the figures (``hmsa.reporting.figures``); one HTML page with all of
+it (``hmsa.reporting.page``); an index; all of it also logged to the pipeline's MLflow parent run."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from hmsa import report_text as text
-from hmsa.claims import claims_table, mean_std, seed_values
 from hmsa.io import atomic_write_text
 from hmsa.pipeline import expand_seeds
+from hmsa.reporting import text
+from hmsa.reporting.claims import claims_table, mean_std, seed_values
 
 log = logging.getLogger("hmsa.report")
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -211,7 +211,7 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list
 
 def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
     """``convergence.{md,csv}``: is each training stage's loss flat over the last fifth of its run?"""
-    from hmsa.convergence import RULE, convergence_table
+    from hmsa.reporting.convergence import RULE, convergence_table
 
     df = convergence_table(pipeline, results)
     if df is None:
@@ -226,7 +226,7 @@ def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], 
 
 def _autolabel(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
     """``autolabel.{md,csv}``: auto-labels and coarse labels against the truth (embedded data only)."""
-    from hmsa.report_autolabel import CAPTION, TITLE, autolabel_section
+    from hmsa.reporting.autolabel import CAPTION, TITLE, autolabel_section
 
     section = autolabel_section(pipeline, results)
     if section is None:
@@ -257,7 +257,7 @@ def _section(out: Path, name: str, title: str, caption: str, df: pd.DataFrame, p
     return paths, {"name": name, "title": title, "caption": caption, "df": df, "notes": notes, "provenance": []}
 
 
-FIGURES = {  # caption: the report_figures function drawing it
+FIGURES = {  # caption: the reporting.figures function drawing it
     "Figure 3: per-scale predictions and attention maps of every evaluation that saved them; the colour "
     "bar gives the attention (1 = that scale's prediction is used)": "figure3",
     "Figure 4: image, original coarse label, auto-label (the teacher's hard labels)": "figure4",
@@ -270,8 +270,8 @@ def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | N
     """Write ``table{1..4}.{md,csv,tex}``, ``figures/``, ``README.md`` and the one-page ``index.html``
     into ``out``; log them and each table's headline numbers to the pipeline's MLflow parent run; return
     the paths written. ``runs``: send tracking logs an outage left."""
-    from hmsa import report_figures as figs
-    from hmsa.report_html import write_page
+    from hmsa.reporting import figures as figs
+    from hmsa.reporting.page import write_page
 
     pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
     results, out = Path(results), Path(out)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from hmsa.claims import seed_runs
 from hmsa.io import read_json
+from hmsa.reporting.claims import seed_runs
 
 log = logging.getLogger("hmsa.report")
 UNVERSIONED = "unversioned"
