@@ -96,9 +96,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from hmsa import config
-    from hmsa.dvc_outputs import DVC_METRICS, write_dvc_metrics
     from hmsa.evaluation.evaluate import run_evaluation
     from hmsa.evaluation.settings import Setting, parse_setting
+    from hmsa.orchestration.dvc_outputs import DVC_METRICS, write_dvc_metrics
 
     cfg = config.load(a.config, a.overrides)
     settings = [parse_setting(s) for s in a.setting] or [
@@ -145,7 +145,7 @@ def _provenance(cfg: object, inputs: list, command: str) -> None:
 
 
 def _cmd_submit(a: argparse.Namespace) -> int:
-    from hmsa.launch import submit
+    from hmsa.orchestration.launch import submit
 
     argv = list(a.argv)
     if argv and argv[0] == "--":
@@ -172,8 +172,8 @@ def _cmd_score(a: argparse.Namespace) -> int:
 
 
 def _cmd_estimate(a: argparse.Namespace) -> int:
-    from hmsa.estimate import estimate, table
     from hmsa.io import atomic_write_json
+    from hmsa.orchestration.estimate import estimate, table
 
     declared = {}
     for item in a.declare:
@@ -206,7 +206,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _cmd_plots(a: argparse.Namespace) -> int:
-    from hmsa.dvc_outputs import write_per_class_plots
+    from hmsa.orchestration.dvc_outputs import write_per_class_plots
 
     for path in write_per_class_plots(a.pipeline_config, a.results, a.out_dir):
         print(f"per-class IoU plot data: {path}")
@@ -238,8 +238,8 @@ def _cmd_track(a: argparse.Namespace) -> int:
 
 
 def _cmd_version(a: argparse.Namespace) -> int:
-    """DVC versions of stage outputs (hmsa/versioning.py); errors are one line, exit 2."""
-    from hmsa import versioning
+    """DVC versions of stage outputs (hmsa/orchestration/versioning.py); errors are one line, exit 2."""
+    from hmsa.orchestration import versioning
 
     try:
         if a.version_cmd == "add":

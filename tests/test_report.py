@@ -223,7 +223,7 @@ def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -
     """Per-seed auto-labels pool into one table (their joint counts add up); the teacher line gives every
     setting of the teacher's evaluations as mean ± std over its seeds; real data (no truth): no section."""
     from hmsa.autolabel_quality import from_cells, summarize
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
     from hmsa.reporting.autolabel import autolabel_section
 
     pipeline = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
@@ -259,7 +259,7 @@ def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -
 def test_seeds_aggregate_and_claims_verdicts(tmp_path: Path) -> None:
     """Three seeds: each cell is the mean ± std over seeds, gains are paired by seed, and a claim's
     verdict follows the rule (holds / within noise / contradicted)."""
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
     from hmsa.reporting.claims import claims_table
     from hmsa.reporting.report import paper_tables, table2
 

@@ -40,11 +40,11 @@ def _job_env(monkeypatch: pytest.MonkeyPatch, run_id: str, run_dir: Path, job: s
 @pytest.mark.slow  # an mlflow server takes ~20 s to start on 2 busy cores
 def test_parent_children_tags_and_table_via_rest(tracked: Server, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import hmsa.versioning
+    import hmsa.orchestration.versioning
     from hmsa.evaluation.evaluate import _log_to_mlflow
 
-    monkeypatch.setattr(hmsa.versioning, "data_version", lambda p: f"md5-of-{Path(p).name}")
-    monkeypatch.setattr(hmsa.versioning, "dataset_version", lambda p: f"dvc-of-{Path(p).name}")
+    monkeypatch.setattr(hmsa.orchestration.versioning, "data_version", lambda p: f"md5-of-{Path(p).name}")
+    monkeypatch.setattr(hmsa.orchestration.versioning, "dataset_version", lambda p: f"dvc-of-{Path(p).name}")
     exp = tracking.ensure_experiment(f"exp-{tmp_path.name}")
     parent = get_or_create_parent("inv-1", exp, {})
     assert get_or_create_parent("inv-1", exp, {}) == parent  # a second stage finds it
@@ -316,7 +316,7 @@ def test_job_ids_are_named_for_their_executor(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_dataset_version_is_the_recorded_hash_or_none(tmp_path: Path) -> None:
-    from hmsa.versioning import dataset_version
+    from hmsa.orchestration.versioning import dataset_version
 
     (tmp_path / ".dvc").mkdir()
     data = tmp_path / "data/embedded"

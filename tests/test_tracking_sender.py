@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hmsa import tracking
-from hmsa.launch import submit
+from hmsa.orchestration.launch import submit
 from hmsa.tracking import sender
 
 ROOT = Path(__file__).resolve().parents[1]

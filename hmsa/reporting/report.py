@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from hmsa.io import atomic_write_text
-from hmsa.pipeline import expand_seeds
+from hmsa.orchestration.pipeline import expand_seeds
 from hmsa.reporting import text
 from hmsa.reporting.claims import claims_table, mean_std, seed_values
 

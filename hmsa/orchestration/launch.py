@@ -4,7 +4,7 @@ A ``StageJob`` is a picklable job object (like dinov2's): ``__call__`` runs an `
 inside the job (importing the heavy code lazily), ``checkpoint()`` asks a running training to save at
 the next iteration boundary and returns a resubmission of itself — training resumes from its run dir
 by default, so a requeue needs no special path. The cluster facts (executor, partition, GPUs, time)
-come from ``configs/cluster/*.yaml`` (``hmsa.cluster``), never from code.
+come from ``configs/cluster/*.yaml`` (``hmsa.orchestration.cluster``), never from code.
 
 ``submit`` records the job in ``RUN_DIR/job.json``. Run again (after the head-node Snakemake or
 ``hmsa submit`` itself was killed), it re-attaches to a live SLURM job, collects a finished one, and
@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmsa import jobs, tracking
-from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
+from hmsa import tracking
 from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, file_lock, read_json
+from hmsa.orchestration import jobs
+from hmsa.orchestration.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
 from hmsa.tracking.parent import check_invocation
 from hmsa.tracking.sender import Sender, defer_stage_run, job_env
 

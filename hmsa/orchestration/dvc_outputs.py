@@ -86,7 +86,7 @@ def per_class_rows(pipeline: dict[str, Any], results: Path, table: str) -> list[
 
 def write_per_class_plots(pipeline_config: Path, results: Path, out_dir: Path) -> list[Path]:
     """One ``<out_dir>/<table>.csv`` per table of the pipeline config; returns the paths written."""
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
 
     try:
         pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
