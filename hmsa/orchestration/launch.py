@@ -1,10 +1,10 @@
 """The only path from the DAG to compute: ``hmsa submit`` runs one stage through submitit.
 
 A ``StageJob`` is a picklable job object (like dinov2's): ``__call__`` runs an ``hmsa`` subcommand
-inside the job (importing the heavy code lazily), ``checkpoint()`` asks a running training to save at
-the next iteration boundary and returns a resubmission of itself — training resumes from its run dir
-by default, so a requeue needs no special path. The cluster facts (executor, partition, GPUs, time)
-come from ``configs/cluster/*.yaml`` (``hmsa.orchestration.cluster``), never from code.
+inside the job (``hmsa.commands.run``, importing the heavy code lazily), ``checkpoint()`` asks a running
+training to save at the next iteration boundary and returns a resubmission of itself — training resumes
+from its run dir by default, so a requeue needs no special path. The cluster facts (executor, partition,
+GPUs, time) come from ``configs/cluster/*.yaml`` (``orchestration.cluster``), never from code.
 
 ``submit`` records the job in ``RUN_DIR/job.json``. Run again (after the head-node Snakemake or
 ``hmsa submit`` itself was killed), it re-attaches to a live SLURM job, collects a finished one, and
@@ -98,10 +98,10 @@ class StageJob:
         return 0
 
     def _run(self, outcome: dict[str, Any]) -> None:
-        from hmsa.cli import main
+        from hmsa.commands import run  # `hmsa <argv>` as the CLI runs it, without the CLI (which imports us)
 
         try:
-            code = main(self.argv)
+            code = run(self.argv)
             if code:
                 raise RuntimeError(f"hmsa {' '.join(self.argv)} exited with status {code}")
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
