@@ -202,7 +202,7 @@ class StageTracker:
             self.run_id = self.client.create_run(exp, run_name=name, tags=tags).info.run_id
             return True
         except Exception as exc:  # noqa: BLE001 - without a run id there is nothing to buffer for
-            log.warning("MLflow unreachable, this command is not tracked: %s", wal._short(exc))
+            log.warning("MLflow unreachable, this command is not tracked: %s", wal.short_error(exc))
             self.enabled = False
             return False
 
