@@ -6,7 +6,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
-from hmsa.pipeline import check, expand_seeds  # one-line errors naming the file and the key
+from hmsa.orchestration.pipeline import check, expand_seeds  # one-line errors naming the file and the key
 
 min_version("9.0")
 

@@ -191,7 +191,7 @@ def _summary_s(values: list[float], digits: int = 2) -> dict:
 
 
 def _cpus_per_task() -> int | None:
-    from hmsa.cluster import load_cluster
+    from hmsa.orchestration.cluster import load_cluster
 
     return load_cluster(ROOT / "configs/cluster/local.yaml").resources("cpu_bench", "train").get("cpus_per_task")
 

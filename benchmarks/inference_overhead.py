@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from hmsa.models import build_model  # noqa: E402
-from hmsa.models.multiscale import _scaled, predict_multiscale  # noqa: E402
+from hmsa.models.multiscale import predict_multiscale, scaled  # noqa: E402
 
 
 def timed(fn: object, repeats: int) -> float:
@@ -43,7 +43,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = build_model(args.model, 19).eval()
     x = torch.randn(1, 3, *args.size)
-    inputs = {s: _scaled(x, s) for s in args.scales}
+    inputs = {s: scaled(x, s) for s in args.scales}
     with torch.no_grad():
         model(x)  # warm-up
         singles = {s: timed(lambda s=s: model(inputs[s]), args.repeats) for s in args.scales}

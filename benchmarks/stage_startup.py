@@ -4,7 +4,7 @@ MLflow tracking on as the pipeline runs it (experiment, the invocation's parent 
 run, its end, all in the store when `hmsa submit` exits) in a temporary SQLite store, and
 OMP_NUM_THREADS=1 as Snakemake sets it.
 
-Stages send through one detached sender process (``hmsa.tracking_sender``), which the first tracked
+Stages send through one detached sender process (``hmsa.tracking.sender``), which the first tracked
 stage starts: that stage also pays for importing MLflow there and for creating the database (MLflow's
 schema migrations, once per store), so it is reported apart; the stages after it find the sender warm,
 as every stage of a pipeline after the first does. The sender's own CPU time over the whole benchmark is
@@ -57,7 +57,7 @@ def _stage(work: Path, env: dict[str, str], name: str) -> tuple[float, float]:
 def _sender_cpu(work: Path) -> float | None:
     """CPU seconds the detached sender of ``work`` has used so far (None if it is not running); it is
     stopped afterwards, as the temporary directory goes away."""
-    found = subprocess.run(["pgrep", "-f", f"hmsa.tracking_sender {work}"], capture_output=True, text=True)
+    found = subprocess.run(["pgrep", "-f", f"hmsa.tracking.sender {work}"], capture_output=True, text=True)
     total = None
     for pid in found.stdout.split():
         try:

@@ -151,7 +151,7 @@ def _plumbing(sub: argparse._SubParsersAction) -> None:
     desc = dict(PLUMBING)
     sb = sub.add_parser("submit", description=f"Plumbing, used by the pipeline: {desc['submit']}.")
     sb.add_argument("--stage", required=True, help="stage name (the MLflow run name and job name)")
-    from hmsa.cluster import KINDS
+    from hmsa.orchestration.cluster import KINDS
 
     sb.add_argument("--kind", default="train", choices=KINDS,
                     help="resource class in the cluster file")

@@ -12,7 +12,7 @@ import pytest
 
 from hmsa import tracking
 from hmsa.cli import main
-from hmsa.compare import label, setting_of
+from hmsa.reporting.compare import label, setting_of
 
 CLASSES = ["road", "sidewalk", "building", "wall"]
 

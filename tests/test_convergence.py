@@ -1,11 +1,11 @@
-"""The convergence verdict of a loss curve (hmsa/convergence.py): a trend beyond the scatter of the
+"""The convergence verdict of a loss curve (hmsa/reporting/convergence.py): a trend beyond the scatter of the
 last fifth is "falling" / "rising", one within it "flat"."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from hmsa.convergence import assess
+from hmsa.reporting.convergence import assess
 
 
 def _curve(losses: np.ndarray) -> list[tuple[int, float]]:

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import default_collate
 
 from hmsa import config
-from hmsa.launch import submit
 from hmsa.models.multiscale import forward_train
+from hmsa.orchestration.launch import submit
 from hmsa.training import checkpoint, loop, optim
 from hmsa.training.batches import IterationBatches, PooledDataset
 

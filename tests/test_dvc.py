@@ -1,4 +1,4 @@
-"""DVC versions of stage outputs (hmsa/versioning.py), with the real git and dvc binaries.
+"""DVC versions of stage outputs (hmsa/orchestration/versioning.py), with the real git and dvc binaries.
 
 The round trip runs the project's own Snakefile, rules and configs (copied into a temporary git
 repository with a local DVC remote) on a tiny DAG: the stages record their outputs, the .dvc files
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
-from hmsa import versioning
 from hmsa.cli import main
-from hmsa.compare import setting_of
-from hmsa.dvc_outputs import write_dvc_metrics
+from hmsa.orchestration import versioning
+from hmsa.orchestration.dvc_outputs import write_dvc_metrics
+from hmsa.reporting.compare import setting_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

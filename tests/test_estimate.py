@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from hmsa.cli import main
-from hmsa.estimate import REFERENCE, image_flops, train_flops
-from hmsa.pipeline import expand_seeds
+from hmsa.orchestration.estimate import REFERENCE, image_flops, train_flops
+from hmsa.orchestration.pipeline import expand_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs/pipeline/paper.yaml"

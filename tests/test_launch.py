@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hmsa import tracking
-from hmsa.launch import ClusterConfigError, load_cluster, submit
+from hmsa.orchestration.launch import ClusterConfigError, load_cluster, submit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def test_failing_stage_returns_nonzero_with_the_reason(tmp_path: Path, monkeypat
 
 
 def test_job_threads_come_from_slurm_else_the_cluster_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hmsa.launch import allocated_threads
+    from hmsa.orchestration.launch import allocated_threads
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     assert allocated_threads(2) == (2, "cpus_per_task of the cluster file")

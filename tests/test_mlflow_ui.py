@@ -22,7 +22,7 @@ from test_evaluate import write_model
 
 from hmsa import tracking
 from hmsa.data.labels import CITYSCAPES_CLASSES
-from hmsa.launch import submit
+from hmsa.orchestration.launch import submit
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("hierarchical:0.5,1", "avgpool:0.5,1")

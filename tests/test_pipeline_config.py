@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hmsa.pipeline import PipelineConfigError, check
+from hmsa.orchestration.pipeline import PipelineConfigError, check
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflows/schemas/pipeline.schema.yaml"
@@ -54,7 +54,7 @@ def test_snakemake_stops_with_the_one_line_error(tmp_path: Path) -> None:
 
 
 def test_seeds_expand_training_and_what_depends_on_it() -> None:
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
 
     cfg = copy.deepcopy(EMBEDDED)
     cfg["seeds"] = [0, 3]
@@ -78,7 +78,7 @@ def test_seeds_expand_training_and_what_depends_on_it() -> None:
 
 def test_stages_others_wait_for_get_priority_by_their_longest_chain() -> None:
     """The teacher (auto-labels -> three stages) starts before Table 2's baselines; per seed alike."""
-    from hmsa.pipeline import expand_seeds, stage_priorities
+    from hmsa.orchestration.pipeline import expand_seeds, stage_priorities
 
     cfg = copy.deepcopy(EMBEDDED)
     cfg["seeds"] = [0, 1]
@@ -111,7 +111,7 @@ def test_dry_run_has_one_rule_instance_per_seed(tmp_path: Path) -> None:
 
 
 def test_seed_copies_ask_for_their_stage_resources() -> None:
-    from hmsa.cluster import load_cluster
+    from hmsa.orchestration.cluster import load_cluster
 
     cluster = load_cluster(ROOT / "configs/cluster/slurm.yaml")
     assert cluster.resources("table1_single_seed2", "train")["nodes"] == 4  # Mapillary: 4 nodes
@@ -163,8 +163,8 @@ def test_run_summary_reads_the_tables_headline_numbers(tmp_path: Path, monkeypat
     evaluation is missing, where the report and the MLflow UI are."""
     import json
 
-    from hmsa.pipeline import expand_seeds
-    from hmsa.run_summary import summary
+    from hmsa.orchestration.pipeline import expand_seeds
+    from hmsa.reporting.run_summary import summary
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

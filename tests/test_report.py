@@ -18,8 +18,8 @@ from hmsa import tracking
 from hmsa.data.labels import CITYSCAPES_CLASSES
 from hmsa.evaluation.settings import parse_setting
 from hmsa.io import atomic_write_json
-from hmsa.report import build_report, paper_tables
-from hmsa.visualize import colorize, grid_meta, label_ids, read_tiles, save_scale_maps
+from hmsa.reporting.report import build_report, paper_tables
+from hmsa.reporting.visualize import colorize, grid_meta, label_ids, read_tiles, save_scale_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,7 @@ def test_convergence_table_reads_every_training_curve(built: tuple) -> None:
 def test_latex_figures_index_and_parent_run(built: tuple) -> None:
     from mlflow.tracking import MlflowClient
 
-    from hmsa.report_figures import figure5_rows
+    from hmsa.reporting.figures import figure5_rows
 
     results, out, pipeline, written = built
     tex = (out / "table3.tex").read_text()
@@ -223,8 +223,8 @@ def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -
     """Per-seed auto-labels pool into one table (their joint counts add up); the teacher line gives every
     setting of the teacher's evaluations as mean ± std over its seeds; real data (no truth): no section."""
     from hmsa.autolabel_quality import from_cells, summarize
-    from hmsa.pipeline import expand_seeds
-    from hmsa.report_autolabel import autolabel_section
+    from hmsa.orchestration.pipeline import expand_seeds
+    from hmsa.reporting.autolabel import autolabel_section
 
     pipeline = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
     pipeline["seeds"] = [0, 1]
@@ -259,9 +259,9 @@ def test_autolabel_section_pools_seeds_and_reports_the_teacher(tmp_path: Path) -
 def test_seeds_aggregate_and_claims_verdicts(tmp_path: Path) -> None:
     """Three seeds: each cell is the mean ± std over seeds, gains are paired by seed, and a claim's
     verdict follows the rule (holds / within noise / contradicted)."""
-    from hmsa.claims import claims_table
-    from hmsa.pipeline import expand_seeds
-    from hmsa.report import paper_tables, table2
+    from hmsa.orchestration.pipeline import expand_seeds
+    from hmsa.reporting.claims import claims_table
+    from hmsa.reporting.report import paper_tables, table2
 
     pipeline = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())
     pipeline["seeds"] = [0, 1, 2]
@@ -291,7 +291,7 @@ def test_figure3_grid_records_its_scales_and_the_legend_finds_its_classes(tmp_pa
     """The grid's PNG names its scales and dataset; the legend lists exactly the classes drawn, in the
     dataset's own colours (Mapillary's from hmsa.data.labels, not random ones)."""
     from hmsa.data.labels import MAPILLARY_V12_LABELS
-    from hmsa.visualize import palette
+    from hmsa.reporting.visualize import palette
 
     g = torch.Generator().manual_seed(1)
     per_scale = {s: {"logits": torch.randn(1, 66, 8, 16, generator=g), "attn": torch.rand(1, 1, 8, 16)}
@@ -309,7 +309,7 @@ def test_figure3_grid_records_its_scales_and_the_legend_finds_its_classes(tmp_pa
 
 
 def test_training_curve_styles_are_distinct_for_many_seeded_stages() -> None:
-    from hmsa.report_plots import curve_styles
+    from hmsa.reporting.plots import curve_styles
 
     stages = [f"stage{i}" for i in range(8)] + [f"stage{i}_seed{k}" for i in range(3) for k in (1, 2)]
     styles = curve_styles(stages)
@@ -322,7 +322,7 @@ def test_training_curve_styles_are_distinct_for_many_seeded_stages() -> None:
 def test_provenance_line_names_what_each_hash_is() -> None:
     """Runs tagged before the fix held the model file's hash in hmsa.data_version: it is printed as the
     model's. Newer runs hold the dataset's there. A local job is never called a SLURM job."""
-    from hmsa.report_text import _run_line
+    from hmsa.reporting.text import _run_line
 
     old = _run_line("r1", {"hmsa.stage": "ev", "hmsa.git_commit": "c", "hmsa.data_version": "m0d3l",
                            "hmsa.slurm_job_id": "123"})

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from mlflow_server import Server, tags
 
-from hmsa import config, tracking, tracking_parent
-from hmsa import tracking_buffer as wal
+from hmsa import config, tracking
+from hmsa.tracking import buffer as wal
+from hmsa.tracking.parent import ENV_SNAKEMAKE_PID, get_or_create_parent, log_parent_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs/experiments/tiny.yaml"
@@ -39,14 +40,14 @@ def _job_env(monkeypatch: pytest.MonkeyPatch, run_id: str, run_dir: Path, job: s
 @pytest.mark.slow  # an mlflow server takes ~20 s to start on 2 busy cores
 def test_parent_children_tags_and_table_via_rest(tracked: Server, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import hmsa.versioning
+    import hmsa.orchestration.versioning
     from hmsa.evaluation.evaluate import _log_to_mlflow
 
-    monkeypatch.setattr(hmsa.versioning, "data_version", lambda p: f"md5-of-{Path(p).name}")
-    monkeypatch.setattr(hmsa.versioning, "dataset_version", lambda p: f"dvc-of-{Path(p).name}")
+    monkeypatch.setattr(hmsa.orchestration.versioning, "data_version", lambda p: f"md5-of-{Path(p).name}")
+    monkeypatch.setattr(hmsa.orchestration.versioning, "dataset_version", lambda p: f"dvc-of-{Path(p).name}")
     exp = tracking.ensure_experiment(f"exp-{tmp_path.name}")
-    parent = tracking_parent.get_or_create_parent("inv-1", exp, {})
-    assert tracking_parent.get_or_create_parent("inv-1", exp, {}) == parent  # a second stage finds it
+    parent = get_or_create_parent("inv-1", exp, {})
+    assert get_or_create_parent("inv-1", exp, {}) == parent  # a second stage finds it
     cfg = config.load(TINY, [f"data.root={tmp_path / 'data'}"])
     train = tracking.create_stage_run("teacher", exp, parent, {"hmsa.git_commit": tracking.git_commit()})
     evaluation = tracking.create_stage_run("evaluate_student", exp, parent, {"hmsa.paper_rows": "table3:0"})
@@ -302,7 +303,7 @@ def test_a_nested_run_made_during_an_outage_is_created_once_later(tmp_path: Path
 
 
 def test_job_ids_are_named_for_their_executor(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hmsa.tracking_provenance import job_tags
+    from hmsa.tracking.tags import job_tags
 
     for var in (tracking.ENV_LOCAL_JOB, tracking.ENV_SLURM_JOB, "SLURM_JOB_ID"):
         monkeypatch.delenv(var, raising=False)
@@ -315,7 +316,7 @@ def test_job_ids_are_named_for_their_executor(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_dataset_version_is_the_recorded_hash_or_none(tmp_path: Path) -> None:
-    from hmsa.versioning import dataset_version
+    from hmsa.orchestration.versioning import dataset_version
 
     (tmp_path / ".dvc").mkdir()
     data = tmp_path / "data/embedded"
@@ -345,7 +346,7 @@ def test_parent_run_carries_the_pipeline_config_and_summary_metrics(tmp_path: Pa
     monkeypatch.setenv(tracking.ENV_PIPELINE_CONFIG, json.dumps(pipeline))
     monkeypatch.setenv(tracking.ENV_INVOCATION, "inv-p")
     monkeypatch.setenv(tracking.ENV_EXPERIMENT, "pipe")
-    assert tracking_parent.log_parent_metrics({"table1/gain": 1.25, "table2/miou": 55.5})
+    assert log_parent_metrics({"table1/gain": 1.25, "table2/miou": 55.5})
     client = MlflowClient()
     (parent,) = client.search_runs([client.get_experiment_by_name("pipe").experiment_id],
                                    "tags.`hmsa.kind` = 'pipeline'")
@@ -354,7 +355,7 @@ def test_parent_run_carries_the_pipeline_config_and_summary_metrics(tmp_path: Pa
     assert json.loads(parent.data.params["evaluate.e1.settings"]) == ["hierarchical:0.5,1"]
     assert parent.info.run_name.startswith("embedded · ")
     monkeypatch.setenv("HMSA_TRACKING", "0")
-    assert not tracking_parent.log_parent_metrics({"x": 1.0})
+    assert not log_parent_metrics({"x": 1.0})
 
 
 def test_a_killed_invocation_s_runs_are_closed_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -369,16 +370,16 @@ def test_a_killed_invocation_s_runs_are_closed_by_the_next(tmp_path: Path, monke
     exp = tracking.ensure_experiment("stale")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    monkeypatch.setenv(tracking_parent.ENV_SNAKEMAKE_PID, dead)
-    killed = tracking_parent.get_or_create_parent("inv-killed", exp, {})
+    monkeypatch.setenv(ENV_SNAKEMAKE_PID, dead)
+    killed = get_or_create_parent("inv-killed", exp, {})
     stage = tracking.create_stage_run("teacher", exp, killed, {})
     done = tracking.create_stage_run("prepare", exp, killed, {})
     tracking.finish_run(done, "FINISHED")
-    monkeypatch.setenv(tracking_parent.ENV_SNAKEMAKE_PID, str(os.getpid()))  # alive: this test
-    alive = tracking_parent.get_or_create_parent("inv-alive", exp, {})
+    monkeypatch.setenv(ENV_SNAKEMAKE_PID, str(os.getpid()))  # alive: this test
+    alive = get_or_create_parent("inv-alive", exp, {})
     client = MlflowClient()
     status = {r: client.get_run(r).info.status for r in (killed, stage, done, alive)}
     assert status == {killed: "KILLED", stage: "KILLED", done: "FINISHED", alive: "RUNNING"}
     assert client.get_run(stage).data.tags["hmsa.closed_because"] == "its pipeline invocation was killed"
-    tracking_parent.get_or_create_parent("inv-third", exp, {})
+    get_or_create_parent("inv-third", exp, {})
     assert client.get_run(alive).info.status == "RUNNING"  # its Snakemake still runs

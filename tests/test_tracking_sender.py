@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from hmsa import tracking, tracking_sender
-from hmsa.launch import submit
+from hmsa import tracking
+from hmsa.orchestration.launch import submit
+from hmsa.tracking import sender
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "configs/cluster/local.yaml"
@@ -38,7 +39,7 @@ def _stage_runs(stage: str) -> list:
 
 
 def _sender_pids(where: Path) -> list[int]:
-    out = subprocess.run(["pgrep", "-f", f"hmsa.tracking_sender {where}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"hmsa.tracking.sender {where}"], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
 
 
@@ -67,7 +68,7 @@ def test_a_job_that_logs_never_imports_mlflow(tmp_path: Path) -> None:
 
 def test_one_warm_sender_tracks_consecutive_stages_and_invocations(workdir: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    where = tracking_sender.home()
+    where = sender.home()
     senders = []
     for i, name in enumerate(["first", "second"]):
         monkeypatch.setenv(tracking.ENV_INVOCATION, f"inv-{i}")
@@ -108,7 +109,7 @@ def test_a_finished_stage_gets_a_new_run_an_unfinished_one_continues(workdir: Pa
 
 
 def test_without_a_sender_submit_sends_itself(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracking_sender, "ensure_running", lambda where: None)  # e.g. it could not start
+    monkeypatch.setattr(sender, "ensure_running", lambda where: None)  # e.g. it could not start
     monkeypatch.setenv("HMSA_TRACKING_FINISH_WAIT_SECONDS", "1")
     assert submit("alone", "prepare", workdir / "runs/alone", LOCAL, ["track"]) == 0
     (run,) = _stage_runs("alone")

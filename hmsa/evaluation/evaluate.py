@@ -147,7 +147,7 @@ def _save_maps(model: nn.Module, ds: Any, settings: list[Setting], count: int, o
                dataset: str) -> None:
     """Per-scale predictions and attention maps (Figure 3) for the attention settings."""
     from hmsa.models.multiscale import predict_multiscale_with_maps
-    from hmsa.visualize import save_scale_maps
+    from hmsa.reporting.visualize import save_scale_maps
 
     attn = [s for s in settings if s.method in ("hierarchical", "explicit")]
     if not attn:

@@ -62,7 +62,7 @@ def log_setting_runs(stage_run: tracking.StageTracker, metrics: dict, names: lis
     train_run = training_run(metrics["model"])
     extra = tracking.stage_tags()
     rows = extra.get("hmsa.paper_rows", "")
-    from hmsa.tracking_provenance import UNVERSIONED, dataset_tag, git_tags
+    from hmsa.tracking.tags import UNVERSIONED, dataset_tag, git_tags
 
     version = dataset_tag(dataset_root) if dataset_root else UNVERSIONED
     children: dict[str, tracking.StageTracker] = {}

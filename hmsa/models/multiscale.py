@@ -100,7 +100,8 @@ def frozen_running_stats(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def _scaled(images: torch.Tensor, s: float) -> torch.Tensor:
+def scaled(images: torch.Tensor, s: float) -> torch.Tensor:
+    """The images as the forward at scale ``s`` sees them (bilinear resize; 1.0: unchanged)."""
     if s == 1.0:
         return images
     h, w = images.shape[-2:]
@@ -117,7 +118,7 @@ def _per_scale(model: nn.Module, images: torch.Tensor, scales: list[float],
     for s in scales:
         freeze = bn_stats == "scale_1" and s != 1.0 and model.training
         with frozen_running_stats(model) if freeze else contextlib.nullcontext():
-            outs[s] = model(_scaled(images, s))
+            outs[s] = model(scaled(images, s))
     return outs
 
 

@@ -63,7 +63,7 @@ def parameters_digest(model: torch.nn.Module) -> str:
 
 def set_threads() -> int:
     """torch's intra-op threads: a stage's job was given HMSA_NUM_THREADS (its CPUs per task, see
-    hmsa/launch.py), which overrides the OMP_NUM_THREADS it inherited; logged either way."""
+    hmsa/orchestration/launch.py), which overrides the OMP_NUM_THREADS it inherited; logged either way."""
     wanted = os.environ.get("HMSA_NUM_THREADS", "")
     if wanted.isdigit() and int(wanted) > 0 and torch.get_num_threads() != int(wanted):
         torch.set_num_threads(int(wanted))

@@ -21,8 +21,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from hmsa import config as cfgmod
-from hmsa import runlock
 from hmsa.io import atomic_write_json
+from hmsa.orchestration import runlock
 from hmsa.tracking import ENV_RUN_ID, StageTracker
 from hmsa.training import checkpoint, curves, distributed, optim, precision, state
 from hmsa.training.batches import IterationBatches, PooledDataset

@@ -71,7 +71,7 @@ def test_snakemake_dry_run_refuses_a_bad_cluster_file(text: str, key: str, tmp_p
 
 
 def test_per_seed_copies_of_a_stage_are_known(tmp_path: Path) -> None:
-    from hmsa.cluster import ClusterConfigError, load_cluster
+    from hmsa.orchestration.cluster import ClusterConfigError, load_cluster
 
     cluster = tmp_path / "c.yaml"
     cluster.write_text("executor: local\nstages: {teacher: {timeout_min: 5}, teacher_seed2: {timeout_min: 6}}\n")

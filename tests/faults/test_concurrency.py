@@ -1,5 +1,5 @@
 """Concurrency of issue #15: two ``hmsa train`` on one run dir mixed their records. A run dir is held
-by one process at a time (``hmsa.runlock``, a lock file that works across the hosts of a shared file
+by one process at a time (``hmsa.orchestration.runlock``, a lock file that works across the hosts of a shared file
 system); the second gets one line naming the holder. A lock left by a killed process of this host, or
 by the same SLURM job before its requeue, does not block the resume."""
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hmsa import runlock
+from hmsa.orchestration import runlock
 from tests.faults.cases import TINY, Case, check, run
 
 TRAIN = ["train", "--config", str(TINY), "--run-dir", "{tmp}/run", "--out-model", "{tmp}/run.pt",

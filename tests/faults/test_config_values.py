@@ -77,8 +77,8 @@ def test_duplicate_scales_in_a_pipeline_config_name_the_key() -> None:
 
     import yaml
 
-    from hmsa.pipeline import PipelineConfigError
-    from hmsa.pipeline import check as check_pipeline
+    from hmsa.orchestration.pipeline import PipelineConfigError
+    from hmsa.orchestration.pipeline import check as check_pipeline
     from tests.faults.cases import ROOT
 
     cfg = yaml.safe_load((ROOT / "configs/pipeline/embedded.yaml").read_text())

@@ -161,7 +161,7 @@ def test_outputs_follow_the_umask(data: Path, tmp_path: Path) -> None:
         out = run(Case("train", [*_train("train.iterations=1"), "--out-model", "{tmp}/run.pt"], names=""),
                   tmp_path, data)
         assert out.code == 0, out.stderr
-        from hmsa import tracking_buffer as wal  # the MLflow write-ahead log's bookkeeping too
+        from hmsa.tracking import buffer as wal  # the MLflow write-ahead log's bookkeeping too
 
         wal._write_run_id(tmp_path / "wal/r.jsonl", "r")
         wal._write_offset(tmp_path / "wal/r.jsonl", 0)

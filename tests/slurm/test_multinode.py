@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmsa.launch import submit
+from hmsa.orchestration.launch import submit
 
 from .conftest import cluster_file, restarts, sacct_jobs, wait_until
 from .test_slurm_jobs import _kill_submitter_then_reattach, _running_job, _start_submit, _train_argv

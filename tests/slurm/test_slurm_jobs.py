@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmsa.launch import submit
+from hmsa.orchestration.launch import submit
 
 from .conftest import cluster_file, restarts, sacct_jobs, squeue_state, wait_until
 

@@ -5,9 +5,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from hmsa.cluster import ClusterConfigError, load_cluster
+from hmsa.orchestration.cluster import ClusterConfigError, load_cluster
 from hmsa.config import ConfigError, config_files
-from hmsa.pipeline import stage_priorities
+from hmsa.orchestration.pipeline import stage_priorities
 
 # The project root relative to the working directory ("." when Snakemake runs in the checkout): rule
 # params and inputs built from it hold no absolute path, so a checkout copied or moved elsewhere has
@@ -19,7 +19,7 @@ REPORTS = config["reports"]
 LOGS = config.get("logs", "logs")  # each rule's log: <logs>/<stage>.log
 CLUSTER = os.path.normpath(ROOT / config["cluster"])
 # Training and auto-labelling stages that others wait for start first (the critical path: the teacher
-# before Table 2's baselines); see hmsa.pipeline.stage_priorities.
+# before Table 2's baselines); see hmsa.orchestration.pipeline.stage_priorities.
 PRIORITY = stage_priorities(config)
 
 # Shell commands find the `hmsa` script of the interpreter running Snakemake (the project's venv).
@@ -142,7 +142,7 @@ def report_outputs():
 
 
 def per_class_plot_outputs():
-    """One CSV per table (hmsa/dvc_outputs.py): what dvc.yaml's per-class IoU heatmaps read."""
+    """One CSV per table (hmsa/orchestration/dvc_outputs.py): what dvc.yaml's per-class IoU heatmaps read."""
     return [f"{RESULTS}/per_class/{t}.csv" for t in config["tables"]]
 
 
@@ -162,7 +162,7 @@ def close_tracking(status):
 
 def print_summary():
     """The run's last lines: each table's headline mIoU, where the report and the MLflow UI are."""
-    from hmsa.run_summary import summary
+    from hmsa.reporting.run_summary import summary
 
     try:
         print(summary(config, RESULTS, REPORTS), file=sys.stderr)

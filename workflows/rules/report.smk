@@ -10,13 +10,13 @@ rule report:
         autolabel=[autolabel_manifest(n) for n in config.get("autolabel", {})],
     output:
         tables=[f"{REPORTS}/{t}.{ext}" for t in config["tables"] for ext in ("md", "csv", "tex")],
-        # the paper's findings over seeds (hmsa/claims.py), when Table 1 or 2 is reproduced
+        # the paper's findings over seeds (hmsa/reporting/claims.py), when Table 1 or 2 is reproduced
         claims=[f"{REPORTS}/claims.{ext}" for ext in ("md", "csv") if {"table1", "table2"} & set(config["tables"])],
-        # auto-labels and coarse labels against the truth, which only the embedded data has (hmsa/report_autolabel.py)
+        # auto-labels and coarse labels against the truth, which only the embedded data has (hmsa/reporting/autolabel.py)
         autolabel=[f"{REPORTS}/autolabel.{ext}" for ext in ("md", "csv")
                    if config["data"].get("embedded") and config.get("autolabel")],
         index=f"{REPORTS}/README.md",
-        # every table and figure on one self-contained page (hmsa/report_html.py)
+        # every table and figure on one self-contained page (hmsa/reporting/page.py)
         html=f"{REPORTS}/index.html",
     params:
         pipeline=from_workdir(workflow.configfiles[-1]),

@@ -115,7 +115,7 @@ def read_tiles(path: Path, row: int) -> list[np.ndarray]:
     with Image.open(path) as img:
         size = img.info.get(TILE_KEY)
         if not size:
-            raise BadInputError(f"{path}: no '{TILE_KEY}' entry (not written by hmsa.visualize.save_grid)")
+            raise BadInputError(f"{path}: no '{TILE_KEY}' entry (not written by hmsa.reporting.visualize.save_grid)")
         arr = np.asarray(img.convert("RGB"))
     h, w = (int(v) for v in size.split("x"))
     band = arr[row * h:(row + 1) * h]
@@ -126,7 +126,7 @@ def save_scale_maps(path: Path, image: torch.Tensor, label: torch.Tensor, fused_
                     per_scale: dict[float, dict[str, torch.Tensor]], dataset: str) -> None:
     """Figure 3 material: input, ground truth, fused prediction; then one row per scale (ascending): its
     prediction and attention (white = close to 1). The scales and dataset go into the PNG's text
-    chunks; the report draws the labelled figure from it (``hmsa.report_figures.figure3``)."""
+    chunks; the report draws the labelled figure from it (``hmsa.reporting.figures.figure3``)."""
     rows = [[denormalize(image), colorize(label, dataset), colorize(fused_pred.cpu(), dataset)]]
     for scale in sorted(per_scale):
         item = per_scale[scale]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from hmsa.claims import seed_runs
 from hmsa.io import read_json
+from hmsa.reporting.claims import seed_runs
 
 log = logging.getLogger("hmsa.report")
 UNVERSIONED = "unversioned"
@@ -87,10 +87,10 @@ def table3_notes(df: pd.DataFrame) -> list[str]:
 
 
 def dataset_versions(pipeline: dict, datasets: list[str]) -> list[str]:
-    """The DVC version of each dataset root the table used (``hmsa.versioning.dataset_version``, called
+    """The DVC version of each dataset root the table used (``hmsa.orchestration.versioning.dataset_version``, called
     defensively: "unversioned" when it is missing, finds no record, or the files changed since)."""
     try:
-        from hmsa import versioning
+        from hmsa.orchestration import versioning
 
         version_of = getattr(versioning, "dataset_version", None)
     except ImportError:

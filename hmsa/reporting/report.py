@@ -1,7 +1,7 @@
 """Tables 1-4 of the paper rebuilt from the evaluations' metrics files: each row's gain over the table's
 baseline beside the paper's gain for the same rows, then the absolute mIoU of both, and the MLflow run
-behind each cell (Markdown, CSV, LaTeX); the figures (``hmsa.report_figures``); one HTML page with all of
-it (``hmsa.report_html``); an index; all of it also logged to the pipeline's MLflow parent run."""
+behind each cell (Markdown, CSV, LaTeX); the figures (``hmsa.reporting.figures``); one HTML page with all of
+it (``hmsa.reporting.page``); an index; all of it also logged to the pipeline's MLflow parent run."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from hmsa import report_text as text
-from hmsa.claims import claims_table, mean_std, seed_values
 from hmsa.io import atomic_write_text
-from hmsa.pipeline import expand_seeds
+from hmsa.orchestration.pipeline import expand_seeds
+from hmsa.reporting import text
+from hmsa.reporting.claims import claims_table, mean_std, seed_values
 
 log = logging.getLogger("hmsa.report")
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -211,7 +211,7 @@ def _tables(pipeline: dict, results: Path, out: Path, paper: dict) -> tuple[list
 
 def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
     """``convergence.{md,csv}``: is each training stage's loss flat over the last fifth of its run?"""
-    from hmsa.convergence import RULE, convergence_table
+    from hmsa.reporting.convergence import RULE, convergence_table
 
     df = convergence_table(pipeline, results)
     if df is None:
@@ -226,7 +226,7 @@ def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], 
 
 def _autolabel(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], dict] | None:
     """``autolabel.{md,csv}``: auto-labels and coarse labels against the truth (embedded data only)."""
-    from hmsa.report_autolabel import CAPTION, TITLE, autolabel_section
+    from hmsa.reporting.autolabel import CAPTION, TITLE, autolabel_section
 
     section = autolabel_section(pipeline, results)
     if section is None:
@@ -257,7 +257,7 @@ def _section(out: Path, name: str, title: str, caption: str, df: pd.DataFrame, p
     return paths, {"name": name, "title": title, "caption": caption, "df": df, "notes": notes, "provenance": []}
 
 
-FIGURES = {  # caption: the report_figures function drawing it
+FIGURES = {  # caption: the reporting.figures function drawing it
     "Figure 3: per-scale predictions and attention maps of every evaluation that saved them; the colour "
     "bar gives the attention (1 = that scale's prediction is used)": "figure3",
     "Figure 4: image, original coarse label, auto-label (the teacher's hard labels)": "figure4",
@@ -270,13 +270,13 @@ def build_report(pipeline_config: Path, results: Path, out: Path, runs: Path | N
     """Write ``table{1..4}.{md,csv,tex}``, ``figures/``, ``README.md`` and the one-page ``index.html``
     into ``out``; log them and each table's headline numbers to the pipeline's MLflow parent run; return
     the paths written. ``runs``: send tracking logs an outage left."""
-    from hmsa import report_figures as figs
-    from hmsa.report_html import write_page
+    from hmsa.reporting import figures as figs
+    from hmsa.reporting.page import write_page
 
     pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))
     results, out = Path(results), Path(out)
     if runs is not None and os.environ.get("HMSA_TRACKING", "1") != "0":
-        from hmsa.tracking_sender import sync
+        from hmsa.tracking.sender import sync
 
         sync([Path(runs)])  # the curves below read MLflow: send what an outage held back first
     written, sections = _tables(pipeline, results, out, paper_tables())
@@ -324,15 +324,16 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
 
 def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | None = None) -> None:
     """The report goes to the parent run of this pipeline invocation (Snakemake sets the id), and the
-    tables' headline numbers become its metrics (``hmsa.tracking_parent.log_parent_metrics``)."""
-    from hmsa import tracking, tracking_parent
+    tables' headline numbers become its metrics (``hmsa.tracking.parent.log_parent_metrics``)."""
+    from hmsa import tracking
+    from hmsa.tracking.parent import get_or_create_parent, log_parent_metrics
 
     invocation = os.environ.get(tracking.ENV_INVOCATION, "")
     if not invocation or os.environ.get("HMSA_TRACKING", "1") == "0":
         return
     try:
         exp = tracking.ensure_experiment(os.environ.get(tracking.ENV_EXPERIMENT, tracking.DEFAULT_EXPERIMENT))
-        parent = tracking_parent.get_or_create_parent(invocation, exp, {})
+        parent = get_or_create_parent(invocation, exp, {})
     except Exception as exc:  # noqa: BLE001 - the report files are the product; MLflow is a copy
         log.warning("report not logged to MLflow (server unreachable?): %s", exc)
         return
@@ -343,7 +344,7 @@ def _log_to_parent(out: Path, paths: list[Path], metrics: dict[str, float] | Non
     tracker.close()
     if metrics:
         try:
-            tracking_parent.log_parent_metrics(metrics, run_id=parent)
+            log_parent_metrics(metrics, run_id=parent)
         except Exception as exc:  # noqa: BLE001 - as above: MLflow holds a copy
             log.warning("table metrics not logged to the parent run: %s", exc)
 

@@ -54,7 +54,7 @@ def assess(points: list[tuple[int, float]]) -> dict[str, object]:
 
 
 def convergence_table(pipeline: dict, results: Path) -> pd.DataFrame | None:
-    """One row per training stage of ``pipeline`` (seeds expanded: ``hmsa.pipeline.expand_seeds``) whose
+    """One row per training stage of ``pipeline`` (seeds expanded: ``hmsa.orchestration.pipeline.expand_seeds``) whose
     curves exist; None when none do."""
     rows = []
     for stage in pipeline["train"]:

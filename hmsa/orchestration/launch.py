@@ -1,10 +1,10 @@
 """The only path from the DAG to compute: ``hmsa submit`` runs one stage through submitit.
 
 A ``StageJob`` is a picklable job object (like dinov2's): ``__call__`` runs an ``hmsa`` subcommand
-inside the job (importing the heavy code lazily), ``checkpoint()`` asks a running training to save at
-the next iteration boundary and returns a resubmission of itself — training resumes from its run dir
-by default, so a requeue needs no special path. The cluster facts (executor, partition, GPUs, time)
-come from ``configs/cluster/*.yaml`` (``hmsa.cluster``), never from code.
+inside the job (``hmsa.commands.run``, importing the heavy code lazily), ``checkpoint()`` asks a running
+training to save at the next iteration boundary and returns a resubmission of itself — training resumes
+from its run dir by default, so a requeue needs no special path. The cluster facts (executor, partition,
+GPUs, time) come from ``configs/cluster/*.yaml`` (``orchestration.cluster``), never from code.
 
 ``submit`` records the job in ``RUN_DIR/job.json``. Run again (after the head-node Snakemake or
 ``hmsa submit`` itself was killed), it re-attaches to a live SLURM job, collects a finished one, and
@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hmsa import jobs, tracking, tracking_parent, tracking_sender
-from hmsa.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
+from hmsa import tracking
 from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, file_lock, read_json
+from hmsa.orchestration import jobs
+from hmsa.orchestration.cluster import RESOURCE_KEYS, ClusterConfig, ClusterConfigError, load_cluster
+from hmsa.tracking.parent import check_invocation
+from hmsa.tracking.sender import Sender, defer_stage_run, job_env
 
 __all__ = ["ClusterConfigError", "StageJob", "load_cluster", "submit"]
 
@@ -95,10 +98,10 @@ class StageJob:
         return 0
 
     def _run(self, outcome: dict[str, Any]) -> None:
-        from hmsa.cli import main
+        from hmsa.commands import run  # `hmsa <argv>` as the CLI runs it, without the CLI (which imports us)
 
         try:
-            code = main(self.argv)
+            code = run(self.argv)
             if code:
                 raise RuntimeError(f"hmsa {' '.join(self.argv)} exited with status {code}")
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
@@ -167,11 +170,11 @@ def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str])
     """The job's environment for the stage's MLflow child run: the run recorded in ``mlflow_run.json``
     while it is unfinished (a resumed or re-attached stage continues it), else a new one. Nothing here
     talks to the tracking server: a new run starts under a local id whose write-ahead log begins with
-    the op that creates it (``tracking_sender.defer_stage_run``), sent by ``tracking_sender.Sender``."""
+    the op that creates it (``tracking.sender.defer_stage_run``), sent by ``tracking.sender.Sender``."""
     if os.environ.get("HMSA_TRACKING", "1") == "0":
         return {}
     if os.environ.get(tracking.ENV_INVOCATION):  # bad input, not an outage: refused before anything runs
-        tracking_parent.check_invocation(os.environ[tracking.ENV_INVOCATION])
+        check_invocation(os.environ[tracking.ENV_INVOCATION])
     rows = f" It fills the paper's table rows {table_tags['hmsa.paper_rows']}." \
         if table_tags.get("hmsa.paper_rows") else ""
     note = (f"Stage `{stage}` ({kind}) of the pipeline, run by `hmsa submit`.{rows}"
@@ -183,13 +186,13 @@ def _stage_run(stage: str, kind: str, run_dir: Path, table_tags: dict[str, str])
     if previous is not None and previous.get("status", "RUNNING") == "RUNNING":
         run_id, exp_id = str(previous["run_id"]), str(previous.get("experiment_id") or "")
     else:
-        run_id, exp_id = tracking_sender.defer_stage_run(stage, run_dir, dict(table_tags), note), ""
+        run_id, exp_id = defer_stage_run(stage, run_dir, dict(table_tags), note), ""
         atomic_write_json(record, {"run_id": run_id, "experiment_id": "", "status": "RUNNING"})
     # HMSA_RUN_DIR: where the job keeps the run's tracking log. The stage's name and tags: its nested
     # runs (one per evaluation setting) are named and tagged by them.
     env = {tracking.ENV_RUN_ID: run_id, tracking.ENV_RUN_DIR: str(run_dir.resolve()),
            tracking.ENV_STAGE: stage, tracking.ENV_STAGE_TAGS: json.dumps(table_tags, sort_keys=True),
-           **tracking_sender.job_env(run_dir)}
+           **job_env(run_dir)}
     if exp_id:
         env["MLFLOW_EXPERIMENT_ID"] = exp_id
     return env
@@ -244,7 +247,7 @@ def submit(stage: str, kind: str, run_dir: Path, cluster_file: Path, argv: list[
     env = {k: v for k, v in os.environ.items() if k.startswith(("HMSA_", "MLFLOW_"))}
     env.update(_stage_run(stage, kind, run_dir, tags or {}))
     # Creates the stage run and sends what the job logs, while the job runs (MLflow loads meanwhile).
-    sender = tracking_sender.Sender(run_dir, env[tracking.ENV_RUN_ID], env.get("MLFLOW_EXPERIMENT_ID", "")).start() \
+    sender = Sender(run_dir, env[tracking.ENV_RUN_ID], env.get("MLFLOW_EXPERIMENT_ID", "")).start() \
         if env.get(tracking.ENV_RUN_ID) else None
     with file_lock(f"submit-{stage}"):  # two `hmsa submit` of one stage never both submit
         job = _attach_or_submit(cluster, stage, kind, run_dir, argv, env, list(expect or []))

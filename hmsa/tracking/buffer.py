@@ -160,7 +160,7 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
             elif op.get("op") in ("create", "create_stage"):
                 try:
                     if op["op"] == "create_stage":
-                        from hmsa.tracking_sender import create_deferred_stage_run
+                        from hmsa.tracking.sender import create_deferred_stage_run
 
                         run_id, experiment = create_deferred_stage_run(client, op)
                         atomic_write_text(path.with_suffix(".experiment"), experiment)
@@ -171,12 +171,12 @@ def flush(path: Path, client: Any, run_id: str) -> bool:
                         run_id = create_child(client, {**op, "parent": parent})
                 except Exception as exc:  # noqa: BLE001 - nothing after it can be sent without the run
                     if is_transient(exc):
-                        log.warning("MLflow unreachable (%s); nested run %s kept in %s", _short(exc),
+                        log.warning("MLflow unreachable (%s); nested run %s kept in %s", short_error(exc),
                                     op.get("key"), path)
                         return False
                     # e.g. its parent run was deleted: every op of this log would be refused too
                     log.warning("MLflow refused to create nested run %s (%s); dropped %s", op.get("key"),
-                                _short(exc), path)
+                                short_error(exc), path)
                     _write_offset(path, path.stat().st_size)
                     return True
                 _write_run_id(path, run_id)
@@ -217,16 +217,17 @@ def _send(client: Any, run_id: str, op: dict[str, Any], path: Path) -> bool:
         return True
     except Exception as exc:  # noqa: BLE001 - any failure must leave the stage running
         if is_transient(exc):
-            log.warning("MLflow unreachable (%s); %d bytes kept in %s", _short(exc), pending(path), path)
+            log.warning("MLflow unreachable (%s); %d bytes kept in %s", short_error(exc), pending(path), path)
             return False
         if op["op"] == "metrics" and len(op["m"]) > 1:
             # One bad metric must not drop the good ones merged into the same batch.
             return all(_send(client, run_id, {"op": "metrics", "m": [m]}, path) for m in op["m"])
-        log.warning("MLflow rejected a %s op for run %s, dropped: %s", op["op"], run_id, _short(exc))
+        log.warning("MLflow rejected a %s op for run %s, dropped: %s", op["op"], run_id, short_error(exc))
         return True
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """What a log line says of a failed MLflow call: the first line of its message, at most 300 characters."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
 

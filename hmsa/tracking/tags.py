@@ -1,6 +1,6 @@
 """What ties an MLflow run to the code, data and job that made it: the tags, computed without MLflow.
 
-Kept apart from ``hmsa.tracking`` so that these facts can be read (and tested) without importing
+Kept apart from the trackers (``hmsa.tracking``) so that these facts can be read (and tested) without importing
 MLflow, and so that each is computed in one place: the git tags when a run is created, the data
 versions when a stage starts, the job id where the job runs.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 log = logging.getLogger("hmsa.tracking")
 
 UNVERSIONED = "unversioned"
-# Set by `hmsa submit`'s job (hmsa.launch) from submitit's own environment: which executor runs it.
+# Set by `hmsa submit`'s job (hmsa.orchestration.launch) from submitit's own environment: which executor runs it.
 ENV_SLURM_JOB = "HMSA_SLURM_JOB_ID"
 ENV_LOCAL_JOB = "HMSA_LOCAL_JOB_ID"
 
@@ -56,11 +56,11 @@ def job_tags() -> dict[str, str]:
 
 
 def dataset_tag(root: Path | str) -> str:
-    """The dataset's DVC version (``hmsa.versioning.dataset_version``), or ``unversioned``."""
+    """The dataset's DVC version (``hmsa.orchestration.versioning.dataset_version``), or ``unversioned``."""
     if not str(root):
         return UNVERSIONED
     try:
-        from hmsa.versioning import dataset_version
+        from hmsa.orchestration.versioning import dataset_version
 
         return dataset_version(Path(root)) or UNVERSIONED
     except Exception as exc:  # noqa: BLE001 - a tag must never fail a stage
@@ -71,7 +71,7 @@ def dataset_tag(root: Path | str) -> str:
 def file_version(path: Path | str) -> str:
     """DVC md5 of an input file or folder (a model, auto-labels), or "" when not recorded."""
     try:
-        from hmsa.versioning import data_version
+        from hmsa.orchestration.versioning import data_version
 
         return str(data_version(Path(path)))
     except Exception as exc:  # noqa: BLE001 - a tag must never fail a stage

@@ -2,7 +2,7 @@
 original coarse labels), Figure 5 (qualitative results of the final model) and the training curves.
 
 Each function returns the files it wrote (none when its inputs are absent, e.g. no ``save_maps``).
-Pictures are gathered here and drawn, titled and labelled, by ``hmsa.report_plots``."""
+Pictures are gathered here and drawn, titled and labelled, by ``hmsa.reporting.plots``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from hmsa import report_plots as plots
 from hmsa.io import atomic_write_text, read_json
-from hmsa.visualize import DATASET_KEY, SCALES_KEY, colorize, grid_meta, read_tiles
+from hmsa.reporting import plots
+from hmsa.reporting.visualize import DATASET_KEY, SCALES_KEY, colorize, grid_meta, read_tiles
 
 log = logging.getLogger("hmsa.report")
 

@@ -11,9 +11,9 @@ from typing import Any
 import pandas as pd
 
 from hmsa.autolabel_quality import SOURCES, from_cells, quality_frame, summarize
-from hmsa.claims import mean_std
 from hmsa.evaluation.settings import parse_setting
 from hmsa.io import read_json
+from hmsa.reporting.claims import mean_std
 
 TITLE = "Auto-labels"
 CAPTION = "Auto-labels and the original coarse labels against the true labels of the coarse images"

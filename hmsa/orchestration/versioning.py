@@ -26,7 +26,7 @@ import yaml
 from hmsa.errors import HmsaError
 from hmsa.io import atomic_write_text, file_lock
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("hmsa.versioning")  # by role, as the other loggers (not __name__)
 
 VERSIONS_DIR = "versions"
 META_KEY = "hmsa_made_ns"  # max mtime (ns) of the output's files when it was recorded

@@ -16,7 +16,8 @@ from typing import Any
 from hmsa import tracking
 from hmsa.errors import BadInputError
 from hmsa.io import file_lock, pid_running
-from hmsa.tracking_provenance import git_tags
+from hmsa.tracking.buffer import short_error
+from hmsa.tracking.tags import git_tags
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -150,7 +151,7 @@ def _to_parent(run_id: str | None, log_to: Any) -> bool:
     try:
         run_id = run_id or _current_parent()
     except Exception as exc:  # noqa: BLE001 - creating the parent needs the server; a report does not
-        log.warning("MLflow unreachable, nothing logged to the pipeline's parent run: %s", tracking.wal._short(exc))
+        log.warning("MLflow unreachable, nothing logged to the pipeline's parent run: %s", short_error(exc))
         return False
     if not run_id:
         return False

@@ -1,10 +1,10 @@
 """MLflow tracking: one child run per stage (its parent, one per pipeline invocation, is
-``hmsa.tracking_parent``), rank 0 only.
+``hmsa.tracking.parent``), rank 0 only.
 
 A stage's run id is chosen on the *submitting* side (``hmsa submit``) and handed to the job, so a
 requeued or resumed job continues in the same run and concurrent jobs never race on
 ``set_experiment`` (mlflow#10334). The run itself is created, and what the job logs is sent, by the
-sender process (``hmsa.tracking_sender``): a job only appends to its write-ahead log. The DAG never
+sender process (``hmsa.tracking.sender``): a job only appends to its write-ahead log. The DAG never
 reads MLflow: metrics JSON files are the truth.
 """
 
@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hmsa import tracking_buffer as wal
 from hmsa.errors import BadInputError
 from hmsa.io import file_lock
-from hmsa.tracking_location import unpin_artifact_locations
-from hmsa.tracking_provenance import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
+from hmsa.tracking import buffer as wal
+from hmsa.tracking.location import unpin_artifact_locations
+from hmsa.tracking.tags import ENV_LOCAL_JOB, ENV_SLURM_JOB, git_commit, git_tags, input_tags, job_tags
 
 __all__ = ["ENV_LOCAL_JOB", "ENV_SLURM_JOB", "StageTracker", "ensure_experiment", "git_commit", "mlflow_client",
            "stage_provenance"]
@@ -37,7 +37,7 @@ ENV_STAGE = "HMSA_STAGE"  # the stage's name, handed to its job by `hmsa submit`
 ENV_STAGE_TAGS = "HMSA_STAGE_TAGS"  # JSON: the tags `hmsa submit` gave the stage run (children inherit them)
 ENV_PIPELINE_CONFIG = "HMSA_PIPELINE_CONFIG"  # the pipeline config (JSON, or a file): the parent's params
 # Set by `hmsa submit` for its job: the write-ahead log folder that the submitting side sends to MLflow
-# (``hmsa.tracking_sender``). A tracker of a log in it only appends, so the job never imports MLflow.
+# (``hmsa.tracking.sender``). A tracker of a log in it only appends, so the job never imports MLflow.
 ENV_SENDER = "HMSA_TRACKING_SENT_FROM"
 # The embedded pipeline's experiment: a standalone `hmsa train/evaluate` lands beside the pipeline's runs.
 DEFAULT_EXPERIMENT = "hmsa-embedded"
@@ -110,7 +110,7 @@ def create_stage_run(stage: str, experiment_id: str, parent_id: str | None, tags
     return mlflow_client().create_run(experiment_id, run_name=stage, tags=all_tags).info.run_id
 
 
-# The id a stage run goes by until the tracking server has created it (``tracking_sender.defer_stage_run``).
+# The id a stage run goes by until the tracking server has created it (``sender.defer_stage_run``).
 PENDING = wal.PENDING
 
 
@@ -159,7 +159,7 @@ class StageTracker:
     """Logs to one MLflow run from rank 0; every method is a no-op on other ranks or when disabled.
 
     Nothing here raises because the tracking server is down: each call is written to the run's
-    write-ahead log first (``tracking_buffer``) and sent when the server answers; a failed send is
+    write-ahead log first (``hmsa.tracking.buffer``) and sent when the server answers; a failed send is
     retried on a later call (at most every ``HMSA_TRACKING_RETRY_SECONDS``, default 30) and at
     ``close()``, which waits up to ``HMSA_TRACKING_FINISH_WAIT_SECONDS`` (default 30) for the server.
     """
@@ -202,7 +202,7 @@ class StageTracker:
             self.run_id = self.client.create_run(exp, run_name=name, tags=tags).info.run_id
             return True
         except Exception as exc:  # noqa: BLE001 - without a run id there is nothing to buffer for
-            log.warning("MLflow unreachable, this command is not tracked: %s", wal._short(exc))
+            log.warning("MLflow unreachable, this command is not tracked: %s", wal.short_error(exc))
             self.enabled = False
             return False
 

@@ -1,6 +1,6 @@
 """Drawing the report's figures with matplotlib: titled panel grids with column headers and a class
 legend in the dataset's own colours (Figures 4, 5), the per-scale Figure 3 with an attention colour
-bar, and the training curves. ``hmsa.report_figures`` gathers the pictures; this module only draws.
+bar, and the training curves. ``hmsa.reporting.figures`` gathers the pictures; this module only draws.
 
 matplotlib is imported inside the functions: ``hmsa`` starts without it."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hmsa.io import atomic_write
-from hmsa.visualize import class_names, label_ids, palette
+from hmsa.reporting.visualize import class_names, label_ids, palette
 
 PANEL_W = 3.0  # inches per tile column; tiles are drawn at their own aspect ratio
 ATTENTION_CMAP = "viridis"
@@ -80,7 +80,7 @@ def panel_grid(path: Path, rows: list[list[np.ndarray]], headers: list[str], row
 
 def figure3(path: Path, rows: list[list[np.ndarray]], scales: list[float], dataset: str, method: str,
             title: str) -> None:
-    """``rows`` as ``hmsa.visualize.save_scale_maps`` wrote them: [image, ground truth, fused], then per
+    """``rows`` as ``hmsa.reporting.visualize.save_scale_maps`` wrote them: [image, ground truth, fused], then per
     scale [prediction, attention (grey 0-255)]. Top row three panels; one row per scale below, its
     prediction and attention side by side, the attention's colour bar on the right."""
     plt = _pyplot()

@@ -4,7 +4,7 @@ Importing MLflow and opening its store takes ~4 s of CPU (``benchmarks/stage_sta
 submit`` used to pay it before submitting (to create the stage run) and every job paid it again. Now
 a stage run starts under a local id (``defer_stage_run``); the job only appends to the
 write-ahead logs in ``<run dir>/mlflow-wal`` (``tracking.ENV_SENDER``), and a detached sender
-(``python -m hmsa.tracking_sender``, one per working directory, host and tracking URI, started by the
+(``python -m hmsa.tracking.sender``, one per working directory, host and tracking URI, started by the
 first ``hmsa submit`` that needs it) creates the run and sends what every registered stage logs, every
 ``HMSA_TRACKING_SEND_SECONDS`` (default 1). It stays up ``HMSA_TRACKING_SENDER_IDLE_SECONDS``
 (default 60) after its last stage, so the next stage of a pipeline finds MLflow already loaded.
@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from hmsa import tracking
-from hmsa import tracking_buffer as wal
 from hmsa.errors import one_line
 from hmsa.io import atomic_write_json, pid_running
+from hmsa.tracking import buffer as wal
 from hmsa.tracking import env_seconds
-from hmsa.tracking_parent import get_or_create_parent, invocation_origin
+from hmsa.tracking.parent import get_or_create_parent, invocation_origin
 
 log = logging.getLogger("hmsa.tracking")
 
@@ -131,7 +131,7 @@ def ensure_running(where: Path) -> None:
     os.close(fd)  # free again: the sender takes it (two racing starters: the second sender just exits)
     env = {k: v for k, v in os.environ.items() if k != tracking.ENV_SENDER}
     with open(where / "sender.log", "ab") as out:
-        subprocess.Popen([sys.executable, "-m", "hmsa.tracking_sender", str(where)], cwd=os.getcwd(), env=env,
+        subprocess.Popen([sys.executable, "-m", "hmsa.tracking.sender", str(where)], cwd=os.getcwd(), env=env,
                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

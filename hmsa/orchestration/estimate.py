@@ -1,6 +1,6 @@
 """``hmsa estimate``: GPU-hours and wall time of every stage of a pipeline config, before running it.
 
-Work per stage comes from the configs, with ``seeds:`` expanded (``hmsa.pipeline.expand_seeds``):
+Work per stage comes from the configs, with ``seeds:`` expanded (``hmsa.orchestration.pipeline.expand_seeds``):
 training iterations; images to evaluate or auto-label (the real datasets' counts, or the files present).
 
 Time per unit, in order of precedence:
@@ -47,9 +47,9 @@ import yaml
 from torch import nn
 
 from hmsa import config as cfgmod
-from hmsa.cluster import load_cluster
 from hmsa.data.verify import REAL_COUNTS
 from hmsa.errors import BadInputError
+from hmsa.orchestration.cluster import load_cluster
 
 EVAL_SIZE = {"cityscapes": (1024, 2048), "mapillary": (1632, 2177)}  # Mapillary: long edge 2177 (§5.1)
 CLASSES = {"cityscapes": 19, "mapillary": 65}
@@ -276,14 +276,14 @@ def _shown_path(path: Path, project: Path) -> str:
 
 def _declared_for(stage: str, declared: dict[str, float]) -> float | None:
     """A stage's declared seconds: its own, else its base stage's (``X_seed2`` takes ``X``'s)."""
-    from hmsa.pipeline import base_stage
+    from hmsa.orchestration.pipeline import base_stage
 
     return declared.get(stage, declared.get(base_stage(stage)))
 
 
 def estimate(pipeline_file: Path, project: Path, workdir: Path, do_measure: bool = False, scale: float = 1.0,
              steps: int = 2, declared: dict[str, float] | None = None) -> dict[str, Any]:
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
 
     declared = declared or {}
     raw = yaml.safe_load(Path(pipeline_file).read_text())

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from hmsa.errors import HmsaError, one_line
-from hmsa.pipeline import base_stage
+from hmsa.orchestration.pipeline import base_stage
 
 EXECUTORS = ("local", "slurm", "debug")
 # Resource keys accepted in a cluster file, mapped to submitit's AutoExecutor parameter names.
@@ -41,7 +41,7 @@ class ClusterConfig:
 
     def resources(self, stage: str, kind: str) -> dict[str, Any]:
         """defaults < per-kind < per-stage."""
-        # a stage's per-seed copies (``<stage>_seed<N>``, hmsa.pipeline) ask for what the stage asks for
+        # a stage's per-seed copies (``<stage>_seed<N>``, hmsa.orchestration.pipeline) ask for what the stage asks for
         base = base_stage(stage)
         return {**self.defaults, **self.kinds.get(kind, {}), **self.stages.get(base, {}), **self.stages.get(stage, {})}
 

@@ -36,7 +36,7 @@ ROWS_NEEDED = {"table1": 6, "table2": 4}
 
 
 def seed_runs(pipeline: dict, evaluation: str) -> list[str]:
-    """The per-seed evaluation stages of one evaluation of the pipeline config (see hmsa.pipeline)."""
+    """The per-seed evaluation stages of one evaluation of the pipeline config (see hmsa.orchestration.pipeline)."""
     return (pipeline.get("seed_runs") or {}).get(evaluation, [evaluation])
 
 

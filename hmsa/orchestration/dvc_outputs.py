@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from hmsa.compare import label
 from hmsa.errors import BadInputError
 from hmsa.evaluation.settings import Setting, parse_setting
 from hmsa.io import atomic_write_json, atomic_write_text
+from hmsa.reporting.compare import label
 
 DVC_METRICS = "dvc_metrics.json"
 PLOTS_DIR = "per_class"
@@ -86,7 +86,7 @@ def per_class_rows(pipeline: dict[str, Any], results: Path, table: str) -> list[
 
 def write_per_class_plots(pipeline_config: Path, results: Path, out_dir: Path) -> list[Path]:
     """One ``<out_dir>/<table>.csv`` per table of the pipeline config; returns the paths written."""
-    from hmsa.pipeline import expand_seeds
+    from hmsa.orchestration.pipeline import expand_seeds
 
     try:
         pipeline = expand_seeds(yaml.safe_load(Path(pipeline_config).read_text()))

@@ -10,8 +10,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hmsa.compare import label
 from hmsa.evaluation.settings import parse_setting
+from hmsa.reporting.compare import label
 
 
 def _miou(results: Path, evaluations: list[str], setting_name: str) -> list[float]:
