@@ -24,6 +24,12 @@ _METRIC_NAMES = {"labelled": "labelled px", "precision": "precision %", "recall"
                  "coverage": "coverage %"}
 
 
+def column(source: str, metric: str) -> str:
+    """The table's column of one source's figure, e.g. ``column("autolabel", "coverage")`` -> "auto coverage %"
+    (the report's parent-run metrics read the table by these names)."""
+    return f"{_SOURCE_NAMES[source]} {_METRIC_NAMES[metric]}"
+
+
 def _pooled(pipeline: dict, results: Path) -> tuple[dict[str, Any], list[str]] | None:
     """The quality of every auto-labelling stage's labels (one per seed), pooled: their joint pixel
     counts add up (every seed's teacher labels the same images), so each figure is over all of them."""
@@ -80,7 +86,7 @@ def autolabel_section(pipeline: dict, results: Path) -> tuple[pd.DataFrame, list
     def rename(col: str) -> str:
         for src in SOURCES:
             if col.startswith(src + "_"):
-                return f"{_SOURCE_NAMES[src]} {_METRIC_NAMES[col[len(src) + 1:]]}"
+                return column(src, col[len(src) + 1:])
         return {"true_pixels": "true px"}.get(col, col)
 
     # recall on the pixels both label says little (both must label a pixel for it to count): left out

@@ -314,11 +314,13 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
             if len(ours):
                 out["table4/miou"] = float(ours.iloc[-1])
         elif name == "autolabel":  # the `all` row: coverage and accuracy of both sources
+            from hmsa.reporting.autolabel import column
+
             overall = df.set_index("class").loc["all"]
-            for col, key in (("coverage %", "coverage"), ("precision where both label %", "accuracy_both")):
-                for src in ("coarse", "auto"):
-                    if pd.notna(overall[f"{src} {col}"]):
-                        out[f"autolabel/{src}_{key}"] = float(overall[f"{src} {col}"])
+            for metric, key in (("coverage", "coverage"), ("precision_both", "accuracy_both")):
+                for src, short in (("coarse", "coarse"), ("autolabel", "auto")):
+                    if pd.notna(value := overall[column(src, metric)]):
+                        out[f"autolabel/{short}_{key}"] = float(value)
     return out
 
 
