@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hmsa.cli_args import build_parser
 from hmsa.errors import BadInputError, HmsaError, one_line
 
 Handler = Callable[[argparse.Namespace], int]
@@ -251,12 +252,6 @@ def _cmd_version(a: argparse.Namespace) -> int:
 HANDLERS = {"data": _cmd_data, "train": _cmd_train, "evaluate": _cmd_evaluate, "autolabel": _cmd_autolabel,
             "score": _cmd_score, "estimate": _cmd_estimate, "compare": _cmd_compare, "version": _cmd_version,
             "track": _cmd_track, "report": _cmd_report, "plots": _cmd_plots}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from hmsa.cli_args import build_parser as build
-
-    return build()
 
 
 def run(argv: list[str] | None = None, handlers: dict[str, Handler] = HANDLERS) -> int:

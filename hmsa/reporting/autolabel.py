@@ -25,9 +25,20 @@ _METRIC_NAMES = {"labelled": "labelled px", "precision": "precision %", "recall"
 
 
 def column(source: str, metric: str) -> str:
-    """The table's column of one source's figure, e.g. ``column("autolabel", "coverage")`` -> "auto coverage %"
-    (the report's parent-run metrics read the table by these names)."""
+    """The table's column of one source's figure, e.g. ``column("autolabel", "coverage")`` -> "auto coverage %"."""
     return f"{_SOURCE_NAMES[source]} {_METRIC_NAMES[metric]}"
+
+
+def headline_metrics(df: pd.DataFrame) -> dict[str, float]:
+    """The section's figures for the pipeline's parent run, from its ``all`` row: ``autolabel/<source>_coverage``
+    and ``autolabel/<source>_accuracy_both`` (source ``coarse`` or ``auto``), percent."""
+    overall = df.set_index("class").loc["all"]
+    out = {}
+    for metric, key in (("coverage", "coverage"), ("precision_both", "accuracy_both")):
+        for src, short in _SOURCE_NAMES.items():
+            if pd.notna(value := overall[column(src, metric)]):
+                out[f"autolabel/{short}_{key}"] = float(value)
+    return out
 
 
 def _pooled(pipeline: dict, results: Path) -> tuple[dict[str, Any], list[str]] | None:

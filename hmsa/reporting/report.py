@@ -313,14 +313,10 @@ def summary_metrics(sections: list[dict]) -> dict[str, float]:
             ours = df["ours mIoU"].dropna()
             if len(ours):
                 out["table4/miou"] = float(ours.iloc[-1])
-        elif name == "autolabel":  # the `all` row: coverage and accuracy of both sources
-            from hmsa.reporting.autolabel import column
+        elif name == "autolabel":  # coverage and accuracy of both sources
+            from hmsa.reporting.autolabel import headline_metrics
 
-            overall = df.set_index("class").loc["all"]
-            for metric, key in (("coverage", "coverage"), ("precision_both", "accuracy_both")):
-                for src, short in (("coarse", "coarse"), ("autolabel", "auto")):
-                    if pd.notna(value := overall[column(src, metric)]):
-                        out[f"autolabel/{short}_{key}"] = float(value)
+            out.update(headline_metrics(df))
     return out
 
 
