@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_result  # noqa: E402
 
+from hmsa.tracking.tags import git_commit  # noqa: E402
+
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
@@ -97,6 +99,7 @@ def main() -> int:
     configfile = args.configfile
     if args.data_seed is not None:
         configfile = _with_data_seed(configfile or ROOT / "configs/pipeline/embedded.yaml", args.data_seed, workdir)
+    commit = git_commit(ROOT)  # the code that runs: the figures change with the recipe
     load_before = os.getloadavg()[0]
     full, proc = _run(workdir, configfile)
     load_after = os.getloadavg()[0]
@@ -108,6 +111,7 @@ def main() -> int:
     nothing = "Nothing to be done" in proc2.stdout + proc2.stderr
     result = {
         "pipeline": (args.configfile or Path("configs/pipeline/embedded.yaml")).name,
+        "commit": commit,
         "data_seed": _data_seed(configfile or ROOT / "configs/pipeline/embedded.yaml"),
         "full_run_seconds": round(full, 1), "full_run_target_seconds": args.target,
         "noop_run_seconds": round(noop, 2), "noop_run_target_seconds": 5, "noop_nothing_to_be_done": nothing,
