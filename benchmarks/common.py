@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def spread(values: list[float], digits: int) -> dict[str, float]:
+    """min / median / max of repeated measurements, rounded: how every benchmark reports a figure."""
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
 
 
 def write_result(out: Path, result: dict[str, Any]) -> None:

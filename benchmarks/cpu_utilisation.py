@@ -32,7 +32,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import spread, write_result  # noqa: E402
 
 EXPERIMENT = "configs/experiments/embedded/cityscapes_teacher.yaml"
 PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) hmsa\.train INFO it (\d+)/(\d+)", re.M)
@@ -112,11 +112,6 @@ def one_run(works: list[Path], data: Path, cluster: Path, iterations: int, log_e
             "job_threads": threads[0]}
 
 
-def _summary(values: list[float]) -> dict:
-    return {"min": round(100 * min(values), 1), "median": round(100 * statistics.median(values), 1),
-            "max": round(100 * max(values), 1)}
-
-
 def _cluster(tmp: Path, cpus: int) -> Path:
     """configs/cluster/local.yaml with another cpus_per_task."""
     import yaml
@@ -129,10 +124,10 @@ def _cluster(tmp: Path, cpus: int) -> Path:
 
 
 def _figures(runs: list[dict]) -> dict:
-    return {"training_utilisation_percent": _summary([r["training_utilisation"] for r in runs]),
-            "machine_iterations_per_second": _summary_s([r["iterations_per_s"] for r in runs], 2),
-            "seconds_per_iteration_per_stage": _summary_s([r["seconds_per_iteration_per_stage"] for r in runs], 3),
-            "training_window_seconds": _summary_s([r["training_window_s"] for r in runs]),
+    return {"training_utilisation_percent": spread([100 * r["training_utilisation"] for r in runs], 1),
+            "machine_iterations_per_second": spread([r["iterations_per_s"] for r in runs], 2),
+            "seconds_per_iteration_per_stage": spread([r["seconds_per_iteration_per_stage"] for r in runs], 3),
+            "training_window_seconds": spread([r["training_window_s"] for r in runs], 2),
             "job_threads": sorted({r["job_threads"] for r in runs}, key=str),
             "load_average_1min_before_each_run": [r["load_average_1min_before"] for r in runs]}
 
@@ -185,9 +180,6 @@ def main() -> int:
     return 0
 
 
-def _summary_s(values: list[float], digits: int = 2) -> dict:
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits)}
 
 
 def _cpus_per_task() -> int | None:

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import spread, write_result  # noqa: E402
 
 from hmsa.models import build_model  # noqa: E402
 from hmsa.models.multiscale import forward_train  # noqa: E402
@@ -42,11 +42,6 @@ def _timed(fn: Callable[[str], None], kind: str) -> float:
     t0 = time.perf_counter()
     fn(kind)
     return time.perf_counter() - t0
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"min": round(min(values), 4), "median": round(statistics.median(values), 4),
-            "max": round(max(values), 4)}
 
 
 def main() -> int:
@@ -66,8 +61,7 @@ def main() -> int:
     target[:, :, : w // 4] = 255
     logits = torch.randn(args.batch, NUM_CLASSES, h, w)
     models = {k: build_model("hrnet_ocr_tiny", NUM_CLASSES, attention=True) for k in LOSSES}
-    for k in LOSSES[1:]:
-        models[k].load_state_dict(models[LOSSES[0]].state_dict())
+    models["rmi"].load_state_dict(models["cross_entropy"].state_dict())  # the same weights for both
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
 
     def loss_only(kind: str) -> None:
@@ -97,7 +91,7 @@ def main() -> int:
         # Re-measured by others on a busy machine: the load says how busy it was.
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "repeats": args.repeats,
-        "seconds": {what: {k: _spread(v) for k, v in per.items()} for what, per in times.items()},
+        "seconds": {what: {k: spread(v, 4) for k, v in per.items()} for what, per in times.items()},
         "median_ratio_rmi_over_cross_entropy": {
             what: round(statistics.median(per["rmi"]) / statistics.median(per["cross_entropy"]), 2)
             for what, per in times.items()},

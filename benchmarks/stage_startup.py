@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import spread, write_result  # noqa: E402
 
 HMSA = str(Path(sys.executable).parent / "hmsa")
 CLIENT = "from mlflow.tracking import MlflowClient; MlflowClient().get_experiment_by_name('stage-startup')"
@@ -69,9 +68,6 @@ def _sender_cpu(work: Path) -> float | None:
     return None if total is None else round(total, 2)
 
 
-def _summary(values: list[float]) -> dict:
-    return {"min": round(min(values), 2), "median": round(statistics.median(values), 2),
-            "max": round(max(values), 2)}
 
 
 def _check_tracked(db: Path, names: list[str]) -> None:
@@ -136,16 +132,16 @@ def main() -> int:
         "executor": "local", "tracking": "on: a temporary SQLite store (sqlite:///<tmp>/mlflow.db), one "
                                          "pipeline invocation (parent run) for all stages",
         "runs": args.runs,
-        "stage_seconds": _summary(on), "stage_cpu_seconds": _summary(on_cpu),
+        "stage_seconds": spread(on, 2), "stage_cpu_seconds": spread(on_cpu, 2),
         "target_seconds": 4.0,
         "first_stage_of_a_fresh_store_seconds": round(first, 2),
-        "untracked_stage_seconds": _summary(off), "untracked_stage_cpu_seconds": _summary(off_cpu),
-        "mlflow_client_in_a_fresh_process_seconds": _summary(client),
+        "untracked_stage_seconds": spread(off, 2), "untracked_stage_cpu_seconds": spread(off_cpu, 2),
+        "mlflow_client_in_a_fresh_process_seconds": spread(client, 2),
         "sender_cpu_seconds_whole_benchmark": sender,
-        "python_start_seconds": _summary(bare),
+        "python_start_seconds": spread(bare, 2),
         "baseline": None if baseline is None else {
-            "what": args.baseline_label or "another copy of hmsa", "stage_seconds": _summary(old),
-            "stage_cpu_seconds": _summary(old_cpu)},
+            "what": args.baseline_label or "another copy of hmsa", "stage_seconds": spread(old, 2),
+            "stage_cpu_seconds": spread(old_cpu, 2)},
         "cores": os.cpu_count(), "load_average_1min": [round(v, 2) for v in load],
         "note": "the machine is shared: compare with load_average_1min; *_cpu_seconds count the whole process "
                 "tree (hmsa submit, submitit's controller and task) but not the detached sender, whose CPU is "

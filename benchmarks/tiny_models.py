@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_result  # noqa: E402
+from common import spread, write_result  # noqa: E402
 
 from hmsa.models import build_model  # noqa: E402
 from hmsa.models.multiscale import forward_train  # noqa: E402
@@ -120,8 +119,7 @@ def main() -> int:
 
     for (name, c, meth, th), ts in times.items():
         entry = result_models[name].setdefault("step_seconds", {}).setdefault(f"threads_{th}", {})
-        entry.setdefault(f"{c[0]}x{c[1]}", {})[meth] = {
-            "min": round(min(ts), 4), "median": round(statistics.median(ts), 4), "max": round(max(ts), 4)}
+        entry.setdefault(f"{c[0]}x{c[1]}", {})[meth] = spread(ts, 4)
 
     import timm
 
