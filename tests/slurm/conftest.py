@@ -103,6 +103,15 @@ def restarts(job_id: str) -> int:
     return int(out.split("Restarts=", 1)[1].split()[0])
 
 
+def handler_checkpointed(log: str) -> bool:
+    """Whether submitit's signal handler caught the interrupt and called the job's checkpoint (which asks
+    for the requeue). Its "Requeued job N" line is not always written after that: ``scontrol requeue``
+    runs inside the job, and the SIGTERM SLURM then sends to the job's processes can kill it before it
+    returns (seen once in a full suite: "Command '['scontrol', 'requeue', '89']' died with SIGTERM"), yet the
+    job was requeued and resumed. That it was is checked by ``restarts`` and the run's ``resumed_from``."""
+    return "Caught signal SIGUSR2" in log and "Calling checkpoint method" in log
+
+
 def squeue_state(job_id: str) -> str:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
     return out.stdout.strip()
