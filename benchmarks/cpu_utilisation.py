@@ -180,8 +180,6 @@ def main() -> int:
     return 0
 
 
-
-
 def _cpus_per_task() -> int | None:
     from hmsa.orchestration.cluster import load_cluster
 

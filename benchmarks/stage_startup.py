@@ -68,8 +68,6 @@ def _sender_cpu(work: Path) -> float | None:
     return None if total is None else round(total, 2)
 
 
-
-
 def _check_tracked(db: Path, names: list[str]) -> None:
     """Every tracked stage left a FINISHED child run under the invocation's parent run."""
     from mlflow.tracking import MlflowClient

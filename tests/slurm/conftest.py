@@ -103,6 +103,12 @@ def restarts(job_id: str) -> int:
     return int(out.split("Restarts=", 1)[1].split()[0])
 
 
+def task_log(run: Path, job_id: str, task: int) -> str:
+    """A submitit task's log, stdout then stderr (submitit writes ``<job>_<task>_log.{out,err}``)."""
+    folder = run / "submitit" / job_id
+    return "".join((folder / f"{job_id}_{task}_log.{ext}").read_text() for ext in ("out", "err"))
+
+
 def handler_checkpointed(log: str) -> bool:
     """Whether submitit's signal handler caught the interrupt and called the job's checkpoint (which asks
     for the requeue). Its "Requeued job N" line is not always written after that: ``scontrol requeue``

@@ -17,7 +17,7 @@ import torch
 
 from hmsa.orchestration.launch import submit
 
-from .conftest import cluster_file, handler_checkpointed, restarts, sacct_jobs, wait_until
+from .conftest import cluster_file, handler_checkpointed, restarts, sacct_jobs, task_log, wait_until
 from .test_slurm_jobs import _kill_submitter_then_reattach, _running_job, _start_submit, _train_argv
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.slow]
@@ -43,11 +43,6 @@ def _job_nodes(job_id: str) -> list[str]:
     return _hostnames(out[-1])
 
 
-def _task_log(run: Path, job_id: str, task: int) -> str:
-    folder = run / "submitit" / job_id
-    return "".join((folder / f"{job_id}_{task}_log.{ext}").read_text() for ext in ("out", "err"))
-
-
 def test_two_idle_nodes_and_srun_across_them(multinode_cluster: dict) -> None:
     states = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, check=True)
     nodes = dict(line.split() for line in states.stdout.splitlines())
@@ -68,7 +63,7 @@ def test_ddp_stage_across_two_nodes(multinode_cluster: dict, uid: str, embedded_
     job_id = json.loads((run / "job.json").read_text())["job_id"]
     world, hosts = 2 * tasks_per_node, _job_nodes(job_id)
     assert sorted(hosts) == ["hmsa-mn1", "hmsa-mn2"]
-    logs = [_task_log(run, job_id, t) for t in range(world)]
+    logs = [task_log(run, job_id, t) for t in range(world)]
     ranks = [RANK_LINE.search(text) for text in logs]
     assert all(ranks), logs
     rendezvous = {(m.group(5), m.group(6)) for m in ranks if m}
@@ -92,7 +87,7 @@ def test_ddp_stage_across_two_nodes(multinode_cluster: dict, uid: str, embedded_
         assert submit(f"{stage}_1n", "train", other, one, _train_argv(other, embedded_data, 4)) == 0
         one_id = json.loads((other / "job.json").read_text())["job_id"]
         assert len(set(_job_nodes(one_id))) == 1
-        again = {m.group(3) for t in (0, 1) for m in DIGEST_LINE.finditer(_task_log(other, one_id, t))}
+        again = {m.group(3) for t in (0, 1) for m in DIGEST_LINE.finditer(task_log(other, one_id, t))}
         assert again == set(digests.values())
 
 
@@ -113,7 +108,7 @@ def test_two_node_timeout_requeues_and_resumes_in_the_same_mlflow_run(multinode_
     submitit.SlurmJob(folder=str(run / "submitit/%j"), job_id=job_id)._interrupt(timeout=True)
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, out + err
-    assert handler_checkpointed(_task_log(run, job_id, 0))  # rank 0's handler asked for the requeue
+    assert handler_checkpointed(task_log(run, job_id, 0))  # rank 0's handler asked for the requeue
     result = json.loads((run / "train.json").read_text())
     assert 0 < result["resumed_from"] < total  # both nodes continued from the saved iteration
     assert restarts(job_id) >= 1 and len(sacct_jobs(f"hmsa-{stage}")) == 1

@@ -17,7 +17,7 @@ import torch
 
 from hmsa.orchestration.launch import submit
 
-from .conftest import cluster_file, handler_checkpointed, restarts, sacct_jobs, squeue_state, wait_until
+from .conftest import cluster_file, handler_checkpointed, restarts, sacct_jobs, squeue_state, task_log, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/experiments/tiny.yaml"
@@ -138,9 +138,7 @@ def test_timeout_requeues_and_resumes_in_the_same_mlflow_run(slurm_cluster: dict
     submitit.SlurmJob(folder=str(run / "submitit/%j"), job_id=job_id)._interrupt(timeout=True)
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out + err
-    folder = run / f"submitit/{job_id}"
-    log = (folder / f"{job_id}_0_log.err").read_text() + (folder / f"{job_id}_0_log.out").read_text()
-    assert handler_checkpointed(log)  # submitit's own requeue, not a new submission
+    assert handler_checkpointed(task_log(run, job_id, 0))  # submitit's own requeue, not a new submission
     result = json.loads((run / "train.json").read_text())
     assert 0 < result["resumed_from"] < 80  # the requeued job continued from the saved iteration
     assert restarts(job_id) >= 1
@@ -169,6 +167,5 @@ def test_two_task_ddp_stage(slurm_cluster: dict, uid: str, embedded_data: Path, 
     outcomes = [pickle_load(folder / f"{job_id}_{t}_result.pkl")[0] for t in (0, 1)]
     assert outcomes == ["success", "success"]  # both SLURM tasks ran the stage to the end
     for t in (0, 1):
-        text = (folder / f"{job_id}_{t}_log.err").read_text() + (folder / f"{job_id}_{t}_log.out").read_text()
-        assert f"global_rank={t}(2)" in text  # submitit's env: rank t of 2
+        assert f"global_rank={t}(2)" in task_log(run, job_id, t)  # submitit's env: rank t of 2
     assert torch.load(run / "model.pt", weights_only=True)["model"]  # rank 0 exported the model
