@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import squeue_state, wait_until
+from .conftest import squeue_state, task_log, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -80,7 +80,6 @@ def test_killed_head_node_reattaches_and_submits_each_stage_once(slurm_cluster: 
     assert counts == dict.fromkeys(stages, 1)  # never two jobs for one stage
     job = json.loads((teacher / "job.json").read_text())
     assert job["job_id"] == rec["job_id"] and job["tasks"] == 2 and job["history"] == [rec["job_id"]]
-    folder = teacher / "submitit" / rec["job_id"]
-    assert "global_rank=1(2)" in (folder / f"{rec['job_id']}_1_log.out").read_text()  # DDP on two tasks
+    assert "global_rank=1(2)" in task_log(teacher, rec["job_id"], 1)  # DDP on two tasks
     final = subprocess.run(_cmd(work, pipeline, "-n"), cwd=work, env=env, capture_output=True, text=True)
     assert "Nothing to be done" in final.stdout + final.stderr
