@@ -69,6 +69,28 @@ def test_every_class_many_times_in_the_default_val_split() -> None:
     assert pixels.min() >= 1000
 
 
+def test_road_and_sidewalk_share_every_scene_and_only_shadows_hide_which_is_which() -> None:
+    """Both ground classes in every scene (RMI gets no gradient for a class absent from an image); outside
+    shadows their colours do not overlap (a local cue), inside shadows they cannot be told apart (the
+    context case for a low scale)."""
+    lit_road, lit_walk, dark_road, dark_walk = [], [], [], []
+    shaded = 0
+    for i in range(24):
+        cv = scenes.draw(synth._seed(0, "cityscapes", "val", i), 128, 256)
+        road, walk = cv.cls == scenes.ROAD, cv.cls == scenes.SIDEWALK
+        assert road.mean() > 0.05 and walk.mean() > 0.05, f"scene {i}: road {road.mean()}, sidewalk {walk.mean()}"
+        grey = cv.img.mean(-1)
+        lit_road.append(np.median(grey[road & ~cv.shade]))
+        lit_walk.append(np.median(grey[walk & ~cv.shade]))
+        if (road & cv.shade).sum() > 50 and (walk & cv.shade).sum() > 50:
+            shaded += 1
+            dark_road.append(np.median(grey[road & cv.shade]))
+            dark_walk.append(np.median(grey[walk & cv.shade]))
+    assert (np.divide(lit_walk, lit_road) > 1.2).all()  # asphalt darker than paving in every scene
+    assert shaded >= 12  # most scenes have a shadow across both
+    assert np.abs(np.subtract(dark_road, dark_walk)).max() < 4  # the same shade: no local cue left
+
+
 def test_every_scene_class_has_an_official_id() -> None:
     """Abstract classes -> Cityscapes labelIds covering the 19 trainIds, and -> Mapillary v1.2 indices."""
     from hmsa.data.labels import MAPILLARY_V12_NAMES
