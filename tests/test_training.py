@@ -69,6 +69,35 @@ def test_resume_after_interruption_is_bit_exact(embedded_data: Path, tmp_path: P
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_curve_points_are_window_means_and_survive_a_resume(embedded_data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each curves.csv point is the mean loss of the batches since the point before; a run killed
+    between two points (checkpoint at 2, points at 4) logs the same curve as an unbroken one."""
+    from hmsa.training import curves
+
+    cfg = _cfg(embedded_data, "train.log_every=4")
+    losses: list[float] = []
+    real = loop.total_loss
+
+    def recording(*args: object, **kwargs: object) -> object:
+        loss, terms = real(*args, **kwargs)
+        losses.append(terms["loss/total"])
+        if len(losses) == 7:  # the killed run's 3rd iteration, after its checkpoint of iteration 2
+            raise KeyboardInterrupt("simulated kill")
+        return loss, terms
+
+    monkeypatch.setattr(loop, "total_loss", recording)
+    loop.run_training(cfg, tmp_path / "straight", tmp_path / "straight.pt", tmp_path / "s/train.json")
+    straight = (tmp_path / "s" / curves.FILE).read_text().splitlines()
+    assert straight[0] == "step,loss,lr" and len(straight) == 2
+    assert float(straight[1].split(",")[1]) == pytest.approx(sum(losses[:4]) / 4, rel=1e-5)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_training(cfg, tmp_path / "killed", tmp_path / "killed.pt", tmp_path / "k/train.json")
+    result = loop.run_training(cfg, tmp_path / "killed", tmp_path / "killed.pt", tmp_path / "k/train.json")
+    assert result["resumed_from"] == 2
+    assert (tmp_path / "k" / curves.FILE).read_text().splitlines() == straight
+
+
 def test_changed_config_sets_the_old_run_aside(embedded_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     loop.run_training(_cfg(embedded_data), run)

@@ -14,9 +14,10 @@ import pandas as pd
 
 #: the verdict's rule, as the report prints it
 RULE = ("A run counts as converged when its loss is flat over the last fifth of the run: a straight line fitted "
-        "to the logged losses of that fifth changes, from its first to its last step, by less than the scatter "
-        "of the points around it (their standard deviation). The per-batch loss of a small batch is noisy, so a "
-        "trend smaller than that scatter cannot be told from noise with these points; a larger one can.")
+        "to the logged losses of that fifth (each the mean over the batches since the point before) changes, "
+        "from its first to its last step, by less than the scatter of the points around it (their standard "
+        "deviation). The points are still noisy, so a trend smaller than that scatter cannot be told from noise "
+        "with these points; a larger one can.")
 
 #: columns of the table, in order
 COLUMNS = ["stage", "iterations", "points in last fifth", "loss, 4th fifth", "loss, last fifth",

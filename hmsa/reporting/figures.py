@@ -19,8 +19,9 @@ from hmsa.reporting.visualize import DATASET_KEY, SCALES_KEY, colorize, grid_met
 
 log = logging.getLogger("hmsa.report")
 
-CURVES = ("loss/total", "lr")
-AXES = {"loss/total": "training loss (all terms)", "lr": "learning rate"}
+CURVES = ("loss/window_mean", "loss/total", "lr")  # read from MLflow; the first loss present is plotted
+AXES = {"loss/window_mean": "training loss (all terms), mean since the previous point",
+        "loss/total": "training loss (all terms), one batch", "lr": "learning rate"}
 
 
 def _grid_rows(src: Path, scales: list[float]) -> list[list[np.ndarray]]:
@@ -153,7 +154,9 @@ def training_curves(pipeline: dict, results: Path, out: Path) -> list[Path]:
             curves[stage] = _histories(client, run_id)
         except Exception as exc:  # noqa: BLE001 - an unreachable server leaves the curves out, not the report
             log.warning("training curves: MLflow run %s of %s not readable: %s", run_id, stage, exc)
-    if not any(h["loss/total"] for h in curves.values()):
+    # runs logged before loss/window_mean existed have only the last batch's loss
+    loss = next((k for k in CURVES[:2] if any(h[k] for h in curves.values())), None)
+    if loss is None:
         return []
     lines = ["stage,metric,step,value"]
     lines += [f"{stage},{key},{step},{value!r}" for stage, hist in curves.items() for key, pts in hist.items()
@@ -161,5 +164,5 @@ def training_curves(pipeline: dict, results: Path, out: Path) -> list[Path]:
     csv_path = out / "training_curves.csv"
     atomic_write_text(csv_path, "\n".join(lines) + "\n")
     png = out / "training_curves.png"
-    plots.curves(curves, png, tuple((key, AXES[key]) for key in CURVES))
+    plots.curves(curves, png, ((loss, AXES[loss]), ("lr", AXES["lr"])))
     return [png, csv_path]

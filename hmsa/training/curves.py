@@ -1,5 +1,6 @@
 """Training curves as a file (``RUN_DIR/curves.csv``, exported beside ``train.json``), so that
-``dvc plots diff`` can compare them between commits; MLflow holds the same values as metrics.
+``dvc plots diff`` can compare them between commits; MLflow holds the same values as metrics
+(``loss/window_mean``). Each row's loss is the mean over the batches since the previous row.
 
 Rows are appended as the run goes; a run resumed from a checkpoint logs again the steps after it, so
 the export keeps the last row of each step, in step order."""

@@ -152,12 +152,14 @@ class _Run:
     run_dir: Path
     key: str
     tracker: StageTracker
+    window: list[float]  # [sum, count] of the total loss since the last logged point (kept in last.pt)
 
     def save(self, iteration: int) -> None:
         """``last.pt`` from rank 0 (every rank holds the same weights under DDP)."""
         if self.dist.is_main:
             checkpoint.save(state.training_state(self.model, self.opt, self.precision, iteration, self.key,
-                                                 self.tracker.run_id or ""), checkpoint.last_path(self.run_dir))
+                                                 self.tracker.run_id or "", self.window),
+                            checkpoint.last_path(self.run_dir))
             log.info("rank %d saved the checkpoint of iteration %d", self.dist.rank, iteration)
 
 
@@ -243,7 +245,9 @@ def _train(cfg: cfgmod.Config, run_dir: Path, dist: distributed.DistInfo, out_mo
                           "hmsa.sync_bn": str(sync_bn)})
     t0 = time.time()
     centroids = pool_centroids(cfg, pools, run_dir)
-    run = _Run(cfg, model, opt, prec, dist, run_dir, key, tracker)
+    # A run preempted between two logged points resumes its window, so the curve matches an unbroken run.
+    window = [float(v) for v in (saved or {}).get("loss_window", (0.0, 0))]
+    run = _Run(cfg, model, opt, prec, dist, run_dir, key, tracker, window)
     try:
         _loop(run, pools, centroids, start)
     except Preempted:
@@ -324,6 +328,8 @@ def _loop(run: _Run, pools: list[Dataset], centroids: list[dict | None], start: 
             terms = _step(run, fwd, batch, it)
             done = it + 1
             meter.images += batch["image"].shape[0] * dist.world_size
+            run.window[0] += terms["loss/total"]
+            run.window[1] += 1
             if bar is not None:  # postfix first without a redraw: update() redraws at most every 0.5 s
                 bar.set_postfix(loss=f"{terms['loss/total']:.3f}", lr=f"{run.opt.param_groups[0]['lr']:.2e}",
                                 refresh=False)
@@ -351,16 +357,23 @@ class _Meter:
 
 
 def _log(run: _Run, meter: _Meter, terms: dict[str, float], done: int, quiet: bool = False) -> None:
-    """MLflow metrics, and a log line unless the progress bar already shows it (``quiet``)."""
+    """MLflow metrics, and a log line unless the progress bar already shows it (``quiet``).
+
+    ``loss/total`` is the last batch's; ``loss/window_mean`` (and ``curves.csv``) the mean over every batch
+    since the previous point. One small batch's loss swings with the images drawn (under RMI by ~10 %),
+    so a curve of single batches cannot show whether training has flattened; a mean over the window can.
+    """
     total, lr = run.cfg.train.iterations, run.opt.param_groups[0]["lr"]
+    mean = run.window[0] / max(run.window[1], 1)
     rate = meter.images / max(time.time() - meter.tick, 1e-9)
     eta = (total - done) * run.cfg.train.batch_size * run.dist.world_size / max(rate, 1e-9)
     log.log(logging.DEBUG if quiet else logging.INFO, "it %d/%d  loss %.4f  lr %.5f  %.1f img/s  eta %ds",
-            done, total, terms["loss/total"], lr, rate, eta)
-    run.tracker.log_metrics({**terms, "lr": lr, "images_per_s": rate,
+            done, total, mean, lr, rate, eta)
+    run.tracker.log_metrics({**terms, "loss/window_mean": mean, "lr": lr, "images_per_s": rate,
                              "memory/peak_mb": _peak_memory_mb(run.dist.device)}, step=done)
-    curves.append(run.run_dir, done, terms["loss/total"], lr)
+    curves.append(run.run_dir, done, mean, lr)
     meter.tick, meter.images = time.time(), 0
+    run.window[:] = [0.0, 0]
 
 
 def _stop_requested(dist: distributed.DistInfo) -> bool:

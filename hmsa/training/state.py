@@ -33,7 +33,7 @@ from hmsa.training.precision import Precision
 
 log = logging.getLogger("hmsa.train")
 
-KEYS = ("model", "optimizer", "scaler", "iteration", "rng", "run_key", "mlflow_run_id")
+KEYS = ("model", "optimizer", "scaler", "iteration", "rng", "run_key", "mlflow_run_id", "loss_window")
 
 
 def rng_state() -> dict[str, Any]:
@@ -65,10 +65,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, precision: Precision, iteration: int,
-                   run_key: str, mlflow_run_id: str) -> dict[str, Any]:
-    """The content of ``last.pt`` (periodic, final and preemption checkpoints alike)."""
+                   run_key: str, mlflow_run_id: str, loss_window: list[float]) -> dict[str, Any]:
+    """The content of ``last.pt`` (periodic, final and preemption checkpoints alike). ``loss_window``:
+    [sum, count] of the losses since the last logged point, so a resumed run logs the same curve."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": precision.state_dict(),
-            "iteration": iteration, "rng": rng_state(), "run_key": run_key, "mlflow_run_id": mlflow_run_id}
+            "iteration": iteration, "rng": rng_state(), "run_key": run_key, "mlflow_run_id": mlflow_run_id,
+            "loss_window": list(loss_window)}
 
 
 def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
