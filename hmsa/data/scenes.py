@@ -12,14 +12,14 @@ paper's Figure 1 (section 1) — scale matters both ways:
   in Mapillary).
 - *context, needs a LOW scale* (wrong at 2.0, where the receptive field sees relatively less): every
   street has a road in the middle (dark asphalt, dashed lane marks) between two sidewalks (lighter
-  paving with joints, a pale kerb along the road), as nearly every Cityscapes image has both; deep
-  building shadows fall across the ground, and in a shadow asphalt and paving look the same (no joints,
-  kerbs or marks show). There only the kerbs outside the shadow, far above and below, tell which part is
-  road; no local cue does. (A nearer kind of context: Mapillary's bicyclist vs motorcyclist look alike
-  and differ by the vehicle under them.) Why both classes in one image, each with a local cue: the
-  paper's RMI loss takes its covariances per image and per class, so a class absent from an image gets
-  no gradient from it; when a whole scene's ground was road or sidewalk as only its facades said, 10 of
-  12 coarse-label runs with RMI called the two one class (see the README).
+  paving with joints, a pale kerb along the road), as nearly every Cityscapes image has both. In most
+  scenes a deep building shadow, a quarter to 40 % of the image tall, falls across the street; in it
+  asphalt and paving look the same (no joints, kerbs or marks show), and only the kerbs outside it, far
+  above and below, tell which part is road. (A nearer kind of context: Mapillary's bicyclist vs
+  motorcyclist look alike and differ by the vehicle under them.) Why both classes in one image, each
+  with a local cue: the paper's RMI loss takes its covariances per image and per class, so a class
+  absent from an image gets no gradient from it; when a whole scene's ground was road or sidewalk as only
+  its facades said, 10 of 12 coarse-label runs with RMI called the two one class (see the README).
 
 The other elements (cue in brackets): sky (light blue gradient, top), building (blue-grey or red-brick
 facade with a window grid), wall (beige blocks with dark joints, low, at the horizon), vegetation (mottled green
@@ -61,6 +61,7 @@ COLOURS = {SKY: (120, 170, 225), VEG: (60, 130, 50), TERRAIN: (140, 150, 80), PO
 SKIN, WINDOW, WHEEL, CARGO = (225, 180, 150), (50, 60, 80), (20, 20, 20), (215, 215, 200)
 KERB, SHADE = (205, 205, 198), (58, 57, 60)  # SHADE: the ground in a deep shadow, road or sidewalk alike
 FACADES = ((95, 105, 150), (165, 80, 60))  # blue-grey, red brick
+SHADOW = (0.25, 0.4)  # height of the shadow across the street, fraction of the image height
 # Cityscapes labelIds (the official ids: road 7, sidewalk 8, building 11, wall 12, ...; ego vehicle 1).
 CITYSCAPES_IDS = {SKY: 23, BUILDING: 11, ROAD: 7, SIDEWALK: 8, VEG: 21, TERRAIN: 22, POLE: 17, SIGN: 20,
                   LIGHT: 19, PERSON: 24, CAR: 26, LANE: 7, EGO: 1, WALL: 12, FENCE: 13, BICYCLIST: 25,
@@ -180,11 +181,11 @@ def _ground(rng: np.random.Generator, cv: Canvas, horizon: int) -> None:
              for side, ends in ((-1, (0.05, 0.3)), (1, (0.7, 0.95)))]
     kx = [k.astype(int) for k in kerbs]
     road = below & (cv.xx > kx[0]) & (cv.xx < kx[1])
-    shade = np.zeros((h, w), bool)  # building shadows across the whole street
-    for _ in range(int(rng.integers(1, 3)) if rng.random() < 0.85 else 0):
-        y0 = rng.uniform(horizon + h * 0.05, h * 0.8)
+    shade = np.zeros((h, w), bool)  # a building's shadow across the whole street
+    if rng.random() < 0.85:  # tall enough that its middle is far from the kerbs outside it
+        y0 = rng.uniform(horizon + h * 0.03, h * 0.6)
         tilt = rng.uniform(-0.15, 0.15) * (cv.xx - w / 2)
-        shade |= below & (cv.yy >= y0 + tilt) & (cv.yy < y0 + h * rng.uniform(0.12, 0.25) + tilt)
+        shade |= below & (cv.yy >= y0 + tilt) & (cv.yy < y0 + h * rng.uniform(*SHADOW) + tilt)
     rid = cv.new(ROAD)
     cv.paint(road, ROAD, _jitter(rng, COLOURS[ROAD], 10), rid)
     joints = (cv.yy % 4 == 0) | ((cv.xx + 3 * ((cv.yy // 4) % 2)) % 6 == 0)  # staggered paving slabs

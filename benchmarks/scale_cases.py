@@ -1,0 +1,105 @@
+"""Does scale matter both ways in the embedded scenes, as the paper's Figure 1 says? A trained Cityscapes
+model of a finished pipeline run on the embedded val split, at single scales 0.5 / 1.0 / 2.0 and fused over
+{0.5, 1, 2} (hierarchically for an attention model, else by averaging):
+
+- *fine detail* (a high scale wins): IoU of the thin classes (pole, traffic light, traffic sign, bicycle);
+- *context* (a low scale wins): road/sidewalk accuracy on the ground in deep shadow, where asphalt and
+  paving look alike and only the kerbs outside the shadow tell which is which; beside it, the same on
+  lit ground, where each has a local cue.
+
+The generator knows which pixels are in shadow: the scenes are drawn again from the run's data seed.
+Writes reports/benchmarks/scale_cases.json (one entry per run directory given).
+
+    .venv/bin/python benchmarks/scale_cases.py RUN_DIR [RUN_DIR ...] [--stage cityscapes_teacher]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, write_result  # noqa: E402
+
+SCALES = [0.5, 1.0, 2.0]
+THIN = {"pole": 5, "traffic light": 6, "traffic sign": 7, "bicycle": 18}  # trainIds
+GROUND = (0, 1)  # road, sidewalk
+
+
+def _iou(pred: np.ndarray, truth: np.ndarray, c: int) -> tuple[int, int]:
+    p, t = pred == c, truth == c
+    return int((p & t).sum()), int((p | t).sum())
+
+
+def measure(run: Path, stage: str) -> dict:
+    """The figures of one run's ``stage`` model (see the module docstring)."""
+    from hmsa.data import build_dataset, scenes, synth
+    from hmsa.data.transforms import eval_transform
+    from hmsa.evaluation.evaluate import load_model
+    from hmsa.models.multiscale import predict_multiscale_with_maps
+
+    data = run / "data/embedded"
+    meta = json.loads((data / synth.COMPLETE).read_text())
+    seed, (h, w) = int(meta["seed"]), meta["size"]
+    ds = build_dataset("cityscapes", data / "cityscapes", "val", transform=eval_transform())
+    model, meta = load_model(run / "results" / stage / "model.pt", torch.device("cpu"))
+    fusion = "hierarchical" if meta.get("attention") else "avgpool"
+    keys = [*(str(s) for s in SCALES), f"{fusion} 0.5,1,2"]
+    counts = {k: {"shade": [0, 0], "lit": [0, 0], **{c: [0, 0] for c in THIN}} for k in keys}
+    with torch.no_grad():
+        for i in range(len(ds)):
+            sample = ds[i]
+            index = int(sample["name"].rsplit("/", 1)[-1].split("_")[1])
+            cv = scenes.draw(synth._seed(seed, "cityscapes", "val", index), h, w)
+            png = data / "cityscapes/leftImg8bit/val" / f"{sample['name']}_leftImg8bit.png"
+            if not np.array_equal(np.asarray(Image.open(png)), cv.img.astype(np.uint8)):
+                raise SystemExit(f"{png}: not what this checkout's generator draws (older scene code?)")
+            shade = cv.shade
+            truth = sample["label"].numpy()
+            ground = np.isin(truth, GROUND)
+            fused, maps = predict_multiscale_with_maps(model, sample["image"][None], SCALES, fusion)
+            for key, logits in zip(keys, [*(maps[s]["logits"] for s in SCALES), fused], strict=True):
+                pred = logits.argmax(1)[0].numpy()
+                for part, mask in (("shade", ground & shade), ("lit", ground & ~shade)):
+                    counts[key][part][0] += int((pred[mask] == truth[mask]).sum())
+                    counts[key][part][1] += int(mask.sum())
+                for name, c in THIN.items():
+                    inter, union = _iou(pred, truth, c)
+                    counts[key][name][0] += inter
+                    counts[key][name][1] += union
+    out: dict = {"data_seed": seed, "stage": stage, "images": len(ds),
+                 "shaded_ground_pixels": counts["1.0"]["shade"][1], "settings": {}}
+    for key, cnt in counts.items():
+        thin = {c: round(100 * cnt[c][0] / max(cnt[c][1], 1), 1) for c in THIN}
+        out["settings"][key] = {
+            "road/sidewalk accuracy in shadow, %": round(100 * cnt["shade"][0] / max(cnt["shade"][1], 1), 1),
+            "road/sidewalk accuracy in light, %": round(100 * cnt["lit"][0] / max(cnt["lit"][1], 1), 1),
+            "thin IoU, %": thin, "thin mean IoU, %": round(float(np.mean(list(thin.values()))), 1)}
+    s = out["settings"]
+    out["high scale wins on thin things"] = s["2.0"]["thin mean IoU, %"] > s["0.5"]["thin mean IoU, %"]
+    out["low scale wins in shadow"] = (s["0.5"]["road/sidewalk accuracy in shadow, %"]
+                                      > s["2.0"]["road/sidewalk accuracy in shadow, %"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="working directories of finished pipeline runs")
+    ap.add_argument("--stage", default="cityscapes_teacher", help="the Cityscapes training stage to measure")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports/benchmarks/scale_cases.json")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    runs = [measure(run, args.stage) for run in args.runs]
+    write_result(args.out, {"what": "single scales 0.5 / 1.0 / 2.0 and their fusion {0.5,1,2} of one model on "
+                                    "embedded val: thin-class IoU and road/sidewalk accuracy in deep shadow",
+                            "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
