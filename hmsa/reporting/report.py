@@ -218,7 +218,8 @@ def _convergence(pipeline: dict, results: Path, out: Path) -> tuple[list[Path], 
         return None
     flat = int((df["verdict"] == "flat").sum())
     notes = [RULE,
-             f"{flat} of {len(df)} training stages flat. Loss: the logged per-batch training loss (all terms).",
+             f"{flat} of {len(df)} training stages flat. Loss: the training loss (all terms), each point the mean "
+             "over the batches since the one before.",
              *text.dash_notes(df)]
     return _section(out, "convergence", "Convergence", "Training loss over the last fifth of each training stage",
                     df, pipeline, notes)
