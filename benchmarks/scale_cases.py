@@ -45,8 +45,8 @@ def measure(run: Path, stage: str) -> dict:
     from hmsa.models.multiscale import predict_multiscale_with_maps
 
     data = run / "data/embedded"
-    meta = json.loads((data / synth.COMPLETE).read_text())
-    seed, (h, w) = int(meta["seed"]), meta["size"]
+    generated = json.loads((data / synth.COMPLETE).read_text())
+    seed, (h, w) = int(generated["seed"]), generated["size"]
     ds = build_dataset("cityscapes", data / "cityscapes", "val", transform=eval_transform())
     model, meta = load_model(run / "results" / stage / "model.pt", torch.device("cpu"))
     fusion = "hierarchical" if meta.get("attention") else "avgpool"
