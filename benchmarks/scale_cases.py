@@ -32,16 +32,12 @@ THIN = {"pole": 5, "traffic light": 6, "traffic sign": 7, "bicycle": 18}  # trai
 GROUND = (0, 1)  # road, sidewalk
 
 
-def _iou(pred: np.ndarray, truth: np.ndarray, c: int) -> tuple[int, int]:
-    p, t = pred == c, truth == c
-    return int((p & t).sum()), int((p | t).sum())
-
-
 def measure(run: Path, stage: str) -> dict:
     """The figures of one run's ``stage`` model (see the module docstring)."""
     from hmsa.data import build_dataset, scenes, synth
     from hmsa.data.transforms import eval_transform
     from hmsa.evaluation.evaluate import load_model
+    from hmsa.evaluation.metrics import confusion, iou_per_class
     from hmsa.models.multiscale import predict_multiscale_with_maps
 
     data = run / "data/embedded"
@@ -51,7 +47,8 @@ def measure(run: Path, stage: str) -> dict:
     model, meta = load_model(run / "results" / stage / "model.pt", torch.device("cpu"))
     fusion = "hierarchical" if meta.get("attention") else "avgpool"
     keys = [*(str(s) for s in SCALES), f"{fusion} 0.5,1,2"]
-    counts = {k: {"shade": [0, 0], "lit": [0, 0], **{c: [0, 0] for c in THIN}} for k in keys}
+    counts = {k: {"shade": [0, 0], "lit": [0, 0]} for k in keys}
+    confs = {k: torch.zeros(meta["num_classes"], meta["num_classes"], dtype=torch.int64) for k in keys}
     with torch.no_grad():
         for i in range(len(ds)):
             sample = ds[i]
@@ -65,18 +62,17 @@ def measure(run: Path, stage: str) -> dict:
             ground = np.isin(truth, GROUND)
             fused, maps = predict_multiscale_with_maps(model, sample["image"][None], SCALES, fusion)
             for key, logits in zip(keys, [*(maps[s]["logits"] for s in SCALES), fused], strict=True):
-                pred = logits.argmax(1)[0].numpy()
+                pred = logits.argmax(1)[0]
+                confs[key] += confusion(pred, sample["label"], meta["num_classes"])
+                pred = pred.numpy()
                 for part, mask in (("shade", ground & shade), ("lit", ground & ~shade)):
                     counts[key][part][0] += int((pred[mask] == truth[mask]).sum())
                     counts[key][part][1] += int(mask.sum())
-                for name, c in THIN.items():
-                    inter, union = _iou(pred, truth, c)
-                    counts[key][name][0] += inter
-                    counts[key][name][1] += union
     out: dict = {"data_seed": seed, "stage": stage, "images": len(ds),
                  "shaded_ground_pixels": counts["1.0"]["shade"][1], "settings": {}}
     for key, cnt in counts.items():
-        thin = {c: round(100 * cnt[c][0] / max(cnt[c][1], 1), 1) for c in THIN}
+        iou = iou_per_class(confs[key].numpy())
+        thin = {name: round(100 * float(np.nan_to_num(iou[c])), 1) for name, c in THIN.items()}
         out["settings"][key] = {
             "road/sidewalk accuracy in shadow, %": round(100 * cnt["shade"][0] / max(cnt["shade"][1], 1), 1),
             "road/sidewalk accuracy in light, %": round(100 * cnt["lit"][0] / max(cnt["lit"][1], 1), 1),

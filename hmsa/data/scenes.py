@@ -43,7 +43,6 @@ from hmsa.data.labels import MAPILLARY_V12_NAMES
 # Abstract scene classes, mapped to each dataset's ids below (CITYSCAPES_IDS, MAPILLARY_IDS).
 (SKY, BUILDING, ROAD, SIDEWALK, VEG, TERRAIN, POLE, SIGN, LIGHT, PERSON, CAR, LANE, EGO, WALL, FENCE,
  BICYCLIST, MOTORCYCLIST, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(22)
-THIN = (POLE, SIGN, LIGHT, BICYCLE, LANE)  # lost at a low scale
 # Thin and small things are drawn at the size they have relative to the models' OUTPUT STRIDE in
 # Cityscapes, not relative to the image. The images are 1/8 of Cityscapes' side but the models keep the
 # paper's strides (HRNet-OCR 4, DeepLabV3+ 8): at 1/8 size a pole (8-20 px at 2048 wide) is 1-2 px,
