@@ -16,16 +16,14 @@ Writes reports/benchmarks/scale_cases.json (one entry per run directory given).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, write_result  # noqa: E402
+from common import ROOT, embedded_scenes, write_result  # noqa: E402
 
 SCALES = [0.5, 1.0, 2.0]
 THIN = {"pole": 5, "traffic light": 6, "traffic sign": 7, "bicycle": 18}  # trainIds
@@ -34,15 +32,13 @@ GROUND = (0, 1)  # road, sidewalk
 
 def measure(run: Path, stage: str) -> dict:
     """The figures of one run's ``stage`` model (see the module docstring)."""
-    from hmsa.data import build_dataset, scenes, synth
+    from hmsa.data import build_dataset
     from hmsa.data.transforms import eval_transform
     from hmsa.evaluation.evaluate import load_model
     from hmsa.evaluation.metrics import confusion, iou_per_class
     from hmsa.models.multiscale import predict_multiscale_with_maps
 
-    data = run / "data/embedded"
-    generated = json.loads((data / synth.COMPLETE).read_text())
-    seed, (h, w) = int(generated["seed"]), generated["size"]
+    data, drawn = run / "data/embedded", embedded_scenes(run)
     ds = build_dataset("cityscapes", data / "cityscapes", "val", transform=eval_transform())
     model, meta = load_model(run / "results" / stage / "model.pt", torch.device("cpu"))
     fusion = "hierarchical" if meta.get("attention") else "avgpool"
@@ -52,12 +48,7 @@ def measure(run: Path, stage: str) -> dict:
     with torch.no_grad():
         for i in range(len(ds)):
             sample = ds[i]
-            index = int(sample["name"].rsplit("/", 1)[-1].split("_")[1])
-            cv = scenes.draw(synth._seed(seed, "cityscapes", "val", index), h, w)
-            png = data / "cityscapes/leftImg8bit/val" / f"{sample['name']}_leftImg8bit.png"
-            if not np.array_equal(np.asarray(Image.open(png)), cv.img.astype(np.uint8)):
-                raise SystemExit(f"{png}: not what this checkout's generator draws (older scene code?)")
-            shade = cv.shade
+            shade = drawn["canvases"][sample["name"]].shade
             truth = sample["label"].numpy()
             ground = np.isin(truth, GROUND)
             fused, maps = predict_multiscale_with_maps(model, sample["image"][None], SCALES, fusion)
@@ -68,7 +59,7 @@ def measure(run: Path, stage: str) -> dict:
                 for part, mask in (("shade", ground & shade), ("lit", ground & ~shade)):
                     counts[key][part][0] += int((pred[mask] == truth[mask]).sum())
                     counts[key][part][1] += int(mask.sum())
-    out: dict = {"data_seed": seed, "stage": stage, "images": len(ds),
+    out: dict = {"data_seed": drawn["seed"], "stage": stage, "images": len(ds),
                  "shaded_ground_pixels": counts["1.0"]["shade"][1], "settings": {}}
     for key, cnt in counts.items():
         iou = iou_per_class(confs[key].numpy())

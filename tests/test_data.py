@@ -76,7 +76,7 @@ def test_road_and_sidewalk_share_every_scene_and_only_shadows_hide_which_is_whic
     lit_road, lit_walk, dark_road, dark_walk = [], [], [], []
     shaded = 0
     for i in range(24):
-        cv = scenes.draw(synth._seed(0, "cityscapes", "val", i), 128, 256)
+        cv = synth.canvas(0, "cityscapes", "val", i)
         road, walk = cv.cls == scenes.ROAD, cv.cls == scenes.SIDEWALK
         assert road.mean() > 0.05 and walk.mean() > 0.05, f"scene {i}: road {road.mean()}, sidewalk {walk.mean()}"
         grey = cv.img.mean(-1)
@@ -175,6 +175,19 @@ def test_coarse_polygons_are_not_eroded_masks() -> None:
                 eroded = binary_erosion(truth == c, iterations=4)
                 ratios.append((coarse == c).sum() / max(1, eroded.sum()))
     assert ratios and 0.3 < np.median(ratios) < 0.95
+
+
+@pytest.mark.parametrize(("dataset", "split"), [("cityscapes", "val"), ("cityscapes", "train_extra"),
+                                               ("mapillary", "validation")])
+def test_canvas_is_the_scene_as_written(dataset: str, split: str) -> None:
+    """Benchmarks redraw a run's images with ``canvas`` to learn what only the generator knows (the
+    shadows): it must be the very scene ``generate`` writes, also where the coarse annotation and the
+    Mapillary width draw on from the same generator."""
+    for i in range(3):
+        cls, img, _ = synth.scene(1, dataset, split, i, (64, 128))
+        cv = synth.canvas(1, dataset, split, i, (64, 128))
+        assert np.array_equal(cv.cls, cls) and np.array_equal(cv.img.astype(np.uint8), img)
+        assert cv.shade.shape == cls.shape
 
 
 def test_truth_of_the_coarse_images_is_outside_the_root(embedded_data: Path) -> None:

@@ -99,13 +99,24 @@ def _polygon(xs: np.ndarray, ys: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
 def scene(seed: int, dataset: str, split: str, index: int, size: tuple[int, int] = (128, 256)) -> tuple:
     """(abstract class map, RGB image, coarse Cityscapes labelIds or None) of one generated image,
     exactly as ``generate`` draws it (Mapillary images vary in width)."""
-    rng = _seed(seed, dataset, split, index)
+    cv, rng = _drawn(seed, dataset, split, index, size)
+    coarse = _coarse(rng, cv, CITYSCAPES_IDS) if dataset == "cityscapes" and split == "train_extra" else None
+    return cv.cls, cv.img.astype(np.uint8), coarse
+
+
+def canvas(seed: int, dataset: str, split: str, index: int, size: tuple[int, int] = (128, 256)) -> Canvas:
+    """The :class:`Canvas` of one generated image as ``generate`` draws it: besides the class map and
+    image, what only the generator knows (e.g. which ground is in deep shadow), for measuring models."""
+    return _drawn(seed, dataset, split, index, size)[0]
+
+
+def _drawn(seed: int, dataset: str, split: str, index: int,
+           size: tuple[int, int]) -> tuple[Canvas, np.random.Generator]:
+    rng = _seed(seed, dataset, split, index)  # the coarse annotation draws on from here
     h, w = size
     if dataset == "mapillary":  # real Mapillary images come in many sizes: loaders must not assume one
         w = size[1] + int(rng.integers(-2, 3)) * (size[1] // 16)
-    cv = draw(rng, h, w)
-    coarse = _coarse(rng, cv, CITYSCAPES_IDS) if dataset == "cityscapes" and split == "train_extra" else None
-    return cv.cls, cv.img.astype(np.uint8), coarse
+    return draw(rng, h, w), rng
 
 
 def _seed(seed: int, *key: str | int) -> np.random.Generator:
