@@ -92,10 +92,10 @@ def main() -> None:
     args = ap.parse_args()
     runs = sorted((summarise(run) for run in args.runs), key=lambda r: (r["training_seeds"], r["data_seed"]))
     over = {c["claim"]: {"paper": c["paper"], "ours": {}, "verdicts": {}} for c in runs[0]["claims"]}
-    for r in runs:
-        key = f"data seed {r['data_seed']}, {r['training_seeds']} training seed(s)"
-        if key in over[runs[0]["claims"][0]["claim"]]["ours"]:
-            raise SystemExit(f"two runs of {key}: give one run per data seed and seed count")
+    keys = [f"data seed {r['data_seed']}, {r['training_seeds']} training seed(s)" for r in runs]
+    if len(set(keys)) < len(keys):
+        raise SystemExit("two runs of the same data seed and seed count: give one of each")
+    for key, r in zip(keys, runs, strict=True):
         for c in r["claims"]:
             over[c["claim"]]["ours"][key] = c["ours"]
             over[c["claim"]]["verdicts"][key] = c["verdict"]

@@ -39,8 +39,7 @@ def measure(run: Path) -> dict:
             metrics = run_evaluation(dataset, run / "data/embedded" / dataset, split,
                                      run / "results" / stage / "model.pt",
                                      [parse_setting(s) for s in specs], Path(tmp))
-        miou = {s["method"] + ":" + ",".join(f"{x:g}" for x in s["scales"]): round(100 * s["miou"], 2)
-                for s in metrics["settings"].values()}
+        miou = {spec: round(100 * metrics["settings"][parse_setting(spec).name]["miou"], 2) for spec in specs}
         out["models"][stage] = {
             "dataset": f"{dataset} {split}", "images": metrics["images"], "single 1.0": miou["single:1"],
             **{pair: {"attention": miou[f"hierarchical:{s}"], "averaging": miou[f"avgpool:{s}"],
